@@ -9,6 +9,7 @@ record-level problems (a broken JSONL line, a truncated last record) become warn
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -17,21 +18,47 @@ import logging
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-ARXIV_ID = r"(?:\d{4}\.\d{4,5}|[a-z\-]+(?:\.[A-Z]{2})?/\d{7})"
+# Old-style IDs (0704-1412) have four digits after the dot, new ones five: trying the old form
+# first keeps "arXiv:1405.12343D scenes…" (an ID glued to the next abstract) from eating the "3".
+ARXIV_ID = (
+    r"(?:(?:0[7-9]|1[0-4])\d{2}\.\d{4}|\d{4}\.\d{5}|\d{4}\.\d{4}"
+    r"|[a-z\-]+(?:\.[A-Z]{2})?/\d{7})"
+)
 _ID_LINE = re.compile(rf"^arXiv:\s*({ARXIV_ID})(?:v\d+)?")
-_ABSTRACT_PREFIX = re.compile(r"^abstract(?:\s*[:.\-—]\s*|\s+(?=[A-Z]))", re.IGNORECASE)
+# A leading "Abstract" is a label when punctuation follows it ("Abstract:", "Abstract.",
+# "Abstract —") or a word that can only open a sentence ("Abstract We …"), never when it is
+# part of the text ("Abstract reasoning is …", "Abstract Meaning Representation …").
+_SENTENCE_OPENERS = (
+    "We|This|These|Those|In|The|A|An|Our|It|Its|Here|Although|While|With|As|Despite|How|"
+    "What|When|Given|Since|Because|For|To|Recent|Recently|Existing|Current|Currently|Previous"
+)
+_ABSTRACT_PREFIX = re.compile(
+    r"^(?:(?i:abstract)(?:\s*[:.\u2014\u2013]\s*|\s+--?\s*|\s*--?\s+"
+    rf"|\s+(?=(?:{_SENTENCE_OPENERS})\b))|ABSTRACT\s+(?=[A-Z]))"
+)
+_MONTH = (
+    r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+    r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
+)
 _CHROME_LINES = re.compile(
-    r"^(new|subscribe|byak and the research community|get trending papers in your email inbox"
-    r"(?: once a day)?!?|(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]* \d{1,2}"
-    r"(?:, \d{4})?)$",
+    r"^(?:new|subscribe|byak and the research community"
+    r"|get trending papers in your email inbox(?: once a day)?!?"
+    rf"|{_MONTH}\.? \d{{1,2}}(?:st|nd|rd|th)?(?:,? \d{{4}})?)$",
     re.IGNORECASE,
 )
-_CHROME_PREFIX = re.compile(r"^Subscribe(?=\S)")
+# "Subscribe" glued to the first title of a page ("SubscribeTokens-to-Token ViT: …"); only
+# stripped right after page chrome, and not from words like "Subscribers".
+_CHROME_PREFIX = re.compile(r"^Subscribe(?=[A-Z0-9\"'(\[\u201c])")
 _SENTENCE_BREAK = re.compile(r"[a-z0-9)\]][.!?]\s+[A-Z]")
+_PERIOD_BREAK = re.compile(r"[a-z0-9)\]]\.\s+[A-Z]")
+_URL = re.compile(r"https?://|www\.|\.(?:com|org|io|net|edu|ai|me|de|cn)/", re.IGNORECASE)
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+CSV_COLUMNS = {"arxiv_id", "id", "title", "abstract", "comment", "summary", "authors", "url"}
 TEXT_SUFFIXES = {".txt", ".md", ""}
 
 
@@ -80,6 +107,7 @@ class CorpusReport:
 # ---------------------------------------------------------------- text helpers
 
 
+@lru_cache(maxsize=8192)
 def normalize(text: str) -> str:
     """Lower-case alphanumerics only: the form used to compare texts across layouts."""
     text = re.sub(r"\\[a-zA-Z]+", " ", text)  # LaTeX commands such as \sim
@@ -97,14 +125,32 @@ def clean_abstract(text: str) -> str:
     return _ABSTRACT_PREFIX.sub("", text, count=1).strip()
 
 
+def split_lines(text: str) -> list[str]:
+    """Split on line ends only (\\n, \\r\\n, \\r): not on U+2028, form feeds and the like,
+    which `str.splitlines` would treat as line ends in the middle of an abstract."""
+    return _LINE_BREAK.split(text)
+
+
+def title_cost(line: str) -> float:
+    """How unlike a title a line is: 0 for a title-like line, more for each abstract trait."""
+    cost = 5.0 if line.endswith(".") else 0.0  # titles do not end in a full stop
+    if len(line) > 300 or len(line.split()) > 30:
+        return cost + 5  # far too long for a title: no need to look further
+    if _URL.search(line):
+        cost += 4  # abstracts end with code links, titles do not carry them
+    if _PERIOD_BREAK.search(line):
+        cost += 1.5  # two sentences ("… method. We …"); titles rarely ("… vs. B")
+    return cost
+
+
 def is_title_like(line: str) -> bool:
-    """Short lines that do not end in a full stop read as titles ("Skill-it! A …" included)."""
-    return 0 < len(line.split()) <= 30 and len(line) <= 300 and not line.rstrip().endswith(".")
+    """Short lines with no full stop and no link read as titles ("Skill-it! A …" included)."""
+    return bool(line.strip()) and title_cost(line.rstrip()) == 0
 
 
 def is_comment_like(line: str) -> bool:
     """arXiv comment lines: 'Accepted by INTERSPEECH 2023', '20 pages, 12 figures'."""
-    return len(line.split()) <= 25 and not _SENTENCE_BREAK.search(line)
+    return len(line.split()) <= 30
 
 
 def _nonblank(lines: Iterable[str]) -> list[tuple[int, str]]:
@@ -125,31 +171,41 @@ class Record:
     line: int = 0
 
 
-def read_arxiv_glued(lines: list[str], warn: list[str]) -> Iterator[Record]:
-    """Layout 1: abstract, optional comment, `arXiv:ID` glued to the next abstract."""
-    pending: Record | None = None
+def _glued_blocks(lines: list[str]) -> Iterator[tuple[list[tuple[int, str]], str | None]]:
+    """Layout 1 cut at each `arXiv:ID`: (the lines before it, that ID); the tail gets None."""
+    block: list[tuple[int, str]] = []
     for n, line in _nonblank(lines):
         match = _ID_LINE.match(line)
-        if match:
-            if pending is None:
-                warn.append(f"line {n}: arXiv ID {match.group(1)} has no abstract before it")
-            else:
-                pending.arxiv_id = match.group(1)
-                yield pending
-            pending = None
-            line = line[match.end() :].strip()
-            if not line:
-                continue
-            pending = Record(abstract=line, line=n)
-        elif pending is not None and not pending.comment and is_comment_like(line):
-            pending.comment = line
-        else:
-            if pending is not None:
-                yield pending
-            pending = Record(abstract=line, line=n)
-    if pending is not None:
-        warn.append(f"line {pending.line}: last abstract has no arXiv ID after it")
-        yield pending
+        if not match:
+            block.append((n, line))
+            continue
+        yield block, match.group(1)
+        rest = line[match.end() :].strip()
+        block = [(n, rest)] if rest else []
+    if block:
+        yield block, None
+
+
+def read_arxiv_glued(lines: list[str], warn: list[str]) -> Iterator[Record]:
+    """Layout 1: abstract, optional comment, `arXiv:ID` glued to the next abstract.
+
+    The ID after an abstract is that abstract's; a single short line between an abstract and
+    the next ID is its comment. Extra lines are abstracts whose ID is missing (warned).
+    """
+    for block, arxiv_id in _glued_blocks(lines):
+        if not block:
+            warn.append(f"arXiv ID {arxiv_id} has no abstract before it")
+            continue
+        comment = ""
+        if len(block) > 1 and is_comment_like(block[-1][1]):
+            comment = block.pop()[1]
+        for n, text in block[:-1]:
+            warn.append(f"line {n}: abstract with no arXiv ID after it")
+            yield Record(abstract=text, line=n)
+        n, text = block[-1]
+        if arxiv_id is None:
+            warn.append(f"line {n}: last abstract has no arXiv ID after it (truncated file?)")
+        yield Record(abstract=text, arxiv_id=arxiv_id, comment=comment, line=n)
 
 
 def read_abstract_prefixed(lines: list[str], warn: list[str]) -> Iterator[Record]:
@@ -157,8 +213,11 @@ def read_abstract_prefixed(lines: list[str], warn: list[str]) -> Iterator[Record
     for n, line in _nonblank(lines):
         if _ABSTRACT_PREFIX.match(line):
             yield Record(abstract=line, line=n)
-        elif n > 1 or len(line.split()) > 5:
-            warn.append(f"line {n}: not an 'Abstract:' line, skipped: {line[:60]!r}")
+        elif not is_title_like(line):
+            warn.append(f"line {n}: no 'Abstract:' label; read as an abstract")
+            yield Record(abstract=line, line=n)
+        elif n > 1:
+            warn.append(f"line {n}: not an abstract, skipped: {line[:60]!r}")
 
 
 def read_one_per_line(lines: list[str], warn: list[str]) -> Iterator[Record]:
@@ -167,28 +226,69 @@ def read_one_per_line(lines: list[str], warn: list[str]) -> Iterator[Record]:
         yield Record(abstract=line, line=n)
 
 
-def read_web_dump(lines: list[str], warn: list[str]) -> Iterator[Record]:
-    """Layouts 4/5: page chrome, then title/abstract pairs (blank-line separated or not)."""
-    body = []
+def strip_chrome(lines: list[str]) -> tuple[list[tuple[int, str]], bool]:
+    """Drop page chrome lines and a "Subscribe" glued to the line after them.
+
+    Returns the remaining (line number, text) pairs and whether any chrome was found.
+    """
+    body: list[tuple[int, str]] = []
+    found = after_chrome = False
     for n, line in _nonblank(lines):
         if _CHROME_LINES.match(line):
+            found = after_chrome = True
             continue
-        line = _CHROME_PREFIX.sub("", line)
+        if (after_chrome or not body) and _CHROME_PREFIX.match(line):
+            line, found = _CHROME_PREFIX.sub("", line, count=1), True
+        after_chrome = False
         body.append((n, line))
-    i = 0
-    while i < len(body):
-        n, line = body[i]
-        nxt = body[i + 1][1] if i + 1 < len(body) else None
-        if is_title_like(line) and nxt is not None and not is_title_like(nxt):
-            yield Record(abstract=nxt, title=line, line=n)
-            i += 2
-        elif is_title_like(line):
-            where = "at end of file" if nxt is None else "followed by another title"
-            warn.append(f"line {n}: title with no abstract ({where}), skipped: {line[:60]!r}")
-            i += 1
-        else:
-            yield Record(abstract=line, line=n)
-            i += 1
+    return body, found
+
+
+ORPHAN_ABSTRACT = 2.0  # cost of an abstract with no title before it
+ORPHAN_TITLE = 2.5  # cost of a title with no abstract after it
+
+
+def pair_titles(texts: list[str]) -> list[tuple[int | None, int | None]]:
+    """Split a web dump into (title index, abstract index) records, None for a missing half.
+
+    Dynamic programming over "title + abstract", "abstract alone" and "title alone" records,
+    scored by how title-like each line is: a dump alternates titles and abstracts, so a short
+    abstract with no full stop still pairs with the title before it, and a lone title (a
+    truncated last record) costs less than shifting every later pair by one.
+    """
+    t_cost = [title_cost(text) for text in texts]
+    a_cost = [1.0 if cost == 0 else 0.0 for cost in t_cost]
+    size = len(texts)
+    best = [0.0] + [float("inf")] * size
+    back: list[tuple[int, tuple[int | None, int | None]]] = [(0, (None, None))] * (size + 1)
+    for i in range(size):
+        options = []
+        if i + 1 < size:
+            options.append((i + 2, t_cost[i] + a_cost[i + 1], (i, i + 1)))
+        options.append((i + 1, a_cost[i] + ORPHAN_ABSTRACT, (None, i)))
+        options.append((i + 1, t_cost[i] + ORPHAN_TITLE, (i, None)))
+        for j, cost, record in options:
+            if best[i] + cost < best[j]:
+                best[j], back[j] = best[i] + cost, (i, record)
+    records = []
+    j = size
+    while j > 0:
+        j, record = back[j]
+        records.append(record)
+    return records[::-1]
+
+
+def read_web_dump(lines: list[str], warn: list[str]) -> Iterator[Record]:
+    """Layouts 4/5: page chrome, then title/abstract pairs (blank-line separated or not)."""
+    body, _ = strip_chrome(lines)
+    for title_at, abstract_at in pair_titles([text for _, text in body]):
+        if abstract_at is None:
+            n, title = body[title_at]
+            warn.append(f"line {n}: title with no abstract after it, skipped: {title[:60]!r}")
+            continue
+        n, abstract = body[abstract_at]
+        title = body[title_at][1] if title_at is not None else ""
+        yield Record(abstract=abstract, title=" ".join(title.split()), line=n)
 
 
 def read_jsonl(lines: list[str], warn: list[str]) -> Iterator[Record]:
@@ -201,7 +301,7 @@ def read_jsonl(lines: list[str], warn: list[str]) -> Iterator[Record]:
         except ValueError as exc:
             warn.append(f"line {n}: invalid JSON, skipped ({exc})")
             continue
-        record = _record_from_row(row, n, warn)
+        record = _record_from_row({str(k).strip().lower(): v for k, v in row.items()}, n, warn)
         if record:
             yield record
 
@@ -209,6 +309,9 @@ def read_jsonl(lines: list[str], warn: list[str]) -> Iterator[Record]:
 def read_csv(lines: list[str], warn: list[str]) -> Iterator[Record]:
     """CSV with a header naming `abstract` (required), `title`, `arxiv_id`, `comment`."""
     reader = csv.DictReader(io.StringIO("\n".join(lines)))
+    reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or []]
+    if "abstract" not in reader.fieldnames:
+        raise CorpusError(f"line 1: CSV header has no 'abstract' column ({reader.fieldnames})")
     for row in reader:
         record = _record_from_row(row, reader.line_num, warn)
         if record:
@@ -247,36 +350,47 @@ READERS = {
 }
 
 
+def _is_csv_header(line: str) -> bool:
+    """A header row: short column names, `abstract` or two known columns among them."""
+    names = [name.strip().lower() for name in next(csv.reader([line]), [])]
+    if not all(re.fullmatch(r"[a-z_][a-z0-9_ \-]{0,40}", name) for name in names):
+        return False
+    known = CSV_COLUMNS.intersection(names)
+    return "abstract" in known or len(known) >= 2
+
+
 def detect_layout(lines: list[str]) -> str | None:
     """Name the layout of a text by looking at its lines; None when none fits."""
     body = [line for _, line in _nonblank(lines)]
     if not body:
         return None
-    if body[0].startswith("{"):
+    if sum(line.startswith("{") for line in body) * 2 >= len(body):
         return "jsonl"
-    header = {h.strip().lower() for h in next(csv.reader([body[0]]), [])}
-    if "abstract" in header and len(header) > 1:
+    if _is_csv_header(body[0]):
         return "csv"
     if any(_ID_LINE.match(line) for line in body):
         return "arxiv-glued"
     prefixed = sum(bool(_ABSTRACT_PREFIX.match(line)) for line in body)
     if prefixed and prefixed >= (len(body) - 1) / 2:
         return "abstract-prefixed"
-    chrome = any(_CHROME_LINES.match(line) or _CHROME_PREFIX.match(line) for line in body)
-    titles = sum(is_title_like(line) for line in body)
-    if chrome or (titles and titles * 2 >= len(body) - 1 and titles < len(body)):
-        return "web-dump"
-    if all(len(line.split()) >= 8 and not is_title_like(line) for line in body):
-        return "one-per-line"
-    return None
+    texts, chrome = strip_chrome(lines)
+    titles = sum(is_title_like(text) for _, text in texts)
+    if not texts or titles == len(texts):
+        return None  # nothing but chrome, or only short lines (words, names): no abstracts
+    if chrome or titles * 10 >= len(texts) * 3:
+        return "web-dump"  # about every other line is a title
+    return "one-per-line"
 
 
 def read_text(path: Path) -> tuple[str, list[str]]:
-    """Decode a file: UTF-8 (BOM allowed), else cp1252/latin-1 with a warning; binary refused."""
+    """Decode a file: UTF-8 (BOM allowed), UTF-16 with a BOM, else cp1252/latin-1 with a
+    warning that names the fallback; empty and binary files are refused."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise CorpusError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        data = data.decode("utf-16").encode("utf-8")
     if not data.strip():
         raise CorpusError(f"{path}: file is empty")
     if b"\x00" in data[:8192]:
@@ -290,40 +404,46 @@ def read_text(path: Path) -> tuple[str, list[str]]:
                 text = data.decode(encoding)
             except UnicodeDecodeError:
                 continue
-            note = f"line {line}: not valid UTF-8; decoded the file as {encoding}"
+            note = f"line {line}: not valid UTF-8; decoded the whole file as {encoding} instead"
             return text, [note]
     raise CorpusError(f"{path}: cannot decode text")  # pragma: no cover - latin-1 never fails
+
+
+def _to_paper(record: Record, source: str) -> Paper | None:
+    abstract = clean_abstract(record.abstract)
+    if not abstract:
+        return None
+    return Paper(
+        key=record.arxiv_id or content_key(abstract),
+        arxiv_id=record.arxiv_id,
+        title=record.title,
+        abstract=abstract,
+        comment=record.comment,
+        sources=[source],
+    )
 
 
 def read_file(path: str | Path) -> CorpusReport:
     """Read one file in any supported layout into (not yet de-duplicated) papers."""
     path = Path(path)
     text, warnings = read_text(path)
-    lines = text.splitlines()
+    lines = split_lines(text)
     layout = detect_layout(lines)
     if layout is None:
         raise CorpusError(
             f"{path}: unknown layout (expected arXiv-glued abstracts, 'Abstract:' lines, one "
             "abstract per line, a title/abstract page dump, JSONL or CSV with an abstract column)"
         )
-    raw_warnings: list[str] = []
     papers = []
-    for record in READERS[layout](lines, raw_warnings):
-        abstract = clean_abstract(record.abstract)
-        if not abstract:
-            raw_warnings.append(f"line {record.line}: empty abstract, skipped")
-            continue
-        papers.append(
-            Paper(
-                key=record.arxiv_id or content_key(abstract),
-                arxiv_id=record.arxiv_id,
-                title=record.title,
-                abstract=abstract,
-                comment=record.comment,
-                sources=[path.name],
-            )
-        )
-    warnings += raw_warnings
+    try:
+        for record in READERS[layout](lines, warnings):
+            paper = _to_paper(record, path.name)
+            if paper is None:
+                warnings.append(f"line {record.line}: empty abstract, skipped")
+            else:
+                papers.append(paper)
+    except CorpusError as exc:
+        raise CorpusError(f"{path}: {exc}") from exc
     if not papers:
         raise CorpusError(f"{path}: no abstracts found ({layout} layout)")
     log.debug("%s: %s layout, %d papers", path, layout, len(papers))
@@ -332,16 +452,24 @@ def read_file(path: str | Path) -> CorpusReport:
 
 # ---------------------------------------------------------------- metadata join
 
+Entry = tuple[str | None, str]  # (arXiv ID or None, title)
+
 
 @dataclass
 class Metadata:
-    """arXiv IDs and titles looked up by content: normalised title or abstract start."""
+    """arXiv IDs and titles looked up by content: arXiv ID, normalised title or abstract start.
 
-    by_title: dict[str, tuple[str | None, str]] = field(default_factory=dict)
-    by_start: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+    A row with an ID beats a row without one for the same title/start (so a later `qa resolve`
+    answer fills what the vendored table left open); two rows with different IDs for the same
+    title or start make that key ambiguous, and an ambiguous key is never used to guess.
+    """
+
+    by_id: dict[str, Entry] = field(default_factory=dict)
+    by_title: dict[str, Entry] = field(default_factory=dict)
+    by_start: dict[str, Entry] = field(default_factory=dict)
 
     PREFIX = 60  # normalised characters of an abstract's start used to find it
-    ambiguous: set[str] = field(default_factory=set)
+    ambiguous: set[tuple[str, str]] = field(default_factory=set)
 
     @classmethod
     def load(cls, paths: Iterable[Path]) -> Metadata:
@@ -355,28 +483,41 @@ class Metadata:
         return meta
 
     def add(self, arxiv_id: str | None, title: str | None, abstract_start: str | None) -> None:
-        entry = ((arxiv_id or "").strip() or None, " ".join((title or "").split()))
+        entry: Entry = ((arxiv_id or "").strip() or None, " ".join((title or "").split()))
+        if entry[0]:
+            self.by_id.setdefault(entry[0], entry)
         if entry[1]:
-            self.by_title.setdefault(normalize(entry[1]), entry)
+            self._put("title", self.by_title, normalize(entry[1]), entry)
         start = normalize(abstract_start or "")[: self.PREFIX]
-        if len(start) < 30:
-            return
-        if start in self.by_start and self.by_start[start] != entry:
-            self.ambiguous.add(start)  # two papers open with the same words: never guess
-        self.by_start.setdefault(start, entry)
+        if len(start) >= 30:
+            self._put("start", self.by_start, start, entry)
 
-    def lookup(self, paper: Paper) -> tuple[str | None, str] | None:
-        if paper.title and (hit := self.by_title.get(normalize(paper.title))):
+    def _put(self, name: str, table: dict[str, Entry], key: str, entry: Entry) -> None:
+        old = table.get(key)
+        if old is None or (old[0] is None and entry[0]):
+            table[key] = (entry[0], entry[1] or (old[1] if old else ""))
+        elif entry[0] and old[0] != entry[0]:
+            self.ambiguous.add((name, key))  # two papers share it: never guess
+
+    def _get(self, name: str, table: dict[str, Entry], key: str) -> Entry | None:
+        return None if (name, key) in self.ambiguous else table.get(key)
+
+    def lookup(self, paper: Paper) -> Entry | None:
+        if paper.arxiv_id and (hit := self.by_id.get(paper.arxiv_id)):
             return hit
-        start = normalize(paper.abstract)[: self.PREFIX]
-        return None if start in self.ambiguous else self.by_start.get(start)
+        if paper.title and (hit := self._get("title", self.by_title, normalize(paper.title))):
+            return hit
+        return self._get("start", self.by_start, normalize(paper.abstract)[: self.PREFIX])
 
     def apply(self, paper: Paper) -> None:
-        """Fill a missing ID or title from the table; a stated ID is never overwritten."""
+        """Fill a missing ID or title from the table; a stated ID is never overwritten, and a
+        row naming a different ID than the paper's own is another paper, so it is ignored."""
         hit = self.lookup(paper)
         if not hit:
             return
         arxiv_id, title = hit
+        if paper.arxiv_id and arxiv_id and arxiv_id != paper.arxiv_id:
+            return
         if arxiv_id and not paper.arxiv_id:
             paper.arxiv_id = arxiv_id
             paper.key = arxiv_id
@@ -411,12 +552,18 @@ def merge(into: Paper, other: Paper) -> None:
         into.abstract = other.abstract
 
 
+def _same_paper(a: Paper, b: Paper) -> bool:
+    """Papers that share an abstract or title are one, unless they carry different IDs."""
+    return not (a.arxiv_id and b.arxiv_id and a.arxiv_id != b.arxiv_id)
+
+
 def deduplicate(papers: Iterable[Paper]) -> list[Paper]:
-    """One paper per arXiv ID, normalised title or abstract start; first occurrence's order."""
+    """One paper per arXiv ID, normalised title or abstract; first occurrence's order."""
     unique: list[Paper] = []
     seen: dict[str, Paper] = {}
     for paper in papers:
-        twin = next((seen[i] for i in _identity(paper) if i in seen), None)
+        twins = (seen[i] for i in _identity(paper) if i in seen)
+        twin = next((t for t in twins if _same_paper(t, paper)), None)
         if twin is None:
             unique.append(paper)
             twin = paper
