@@ -1,0 +1,345 @@
+"""The answer chain: condense a follow-up → retrieve → prompt → model → validated citations.
+
+`stream()` is the one implementation; `ask()` drains it. Every step is an LCEL runnable, and
+nothing the model writes reaches the user before the citation guard has checked it: a marker
+for a paper that was not in the context is never shown.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+from langchain_core.utils.json import parse_partial_json
+
+from qa.citations import StreamGuard, paper_keys, validate
+from qa.config import PROJECT_ROOT, Settings, get_settings
+from qa.corpus import Paper
+from qa.models import (
+    ModelError,
+    bind_citation_schema,
+    explain_error,
+    get_chat_model,
+    parse_spec,
+    supports_structured,
+)
+from qa.retrieval import Hit, is_relevant, retrieve
+
+log = logging.getLogger(__name__)
+
+PROMPTS_DIR = PROJECT_ROOT / "prompts"
+HISTORY_TURNS = 6  # messages of history shown to the model
+_CHITCHAT = re.compile(
+    r"^(hi|hello|hey|hiya|yo|good (morning|afternoon|evening)|thanks?( you)?( so much)?|"
+    r"thank you( very much)?|ok(ay)?|cool|great|bye|goodbye|who are you|what are you|"
+    r"what can you do|help)\W*$",
+    re.IGNORECASE,
+)
+_ANAPHORA = re.compile(
+    r"\b(they|them|their|it|its|this|that|these|those|the (paper|papers|method|approach|model|"
+    r"authors|work|study)|above|previous|same)\b",
+    re.IGNORECASE,
+)
+
+
+class QuestionError(ValueError):
+    """A question that cannot be answered as given (empty, too long); message for the user."""
+
+
+@dataclass
+class Answer:
+    """What `qa.ask` returns and `qa.stream` ends with."""
+
+    text: str
+    citations: list[Paper] = field(default_factory=list)
+    sources: list[Hit] = field(default_factory=list)
+    abstained: bool = False
+    question: str = ""
+    standalone_question: str = ""
+    model: str = ""
+    dropped_citations: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "standalone_question": self.standalone_question,
+            "text": self.text,
+            "abstained": self.abstained,
+            "model": self.model,
+            "citations": [p.to_dict() for p in self.citations],
+            "sources": [h.to_dict() for h in self.sources],
+            "dropped_citations": self.dropped_citations,
+            "error": self.error,
+        }
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@cache
+def load_prompt(name: str) -> str:
+    """A prompt template from prompts/<name>.txt."""
+    return (PROMPTS_DIR / f"{name}.txt").read_text(encoding="utf-8").strip()
+
+
+def clean_question(question: str, settings: Settings) -> str:
+    """Strip control characters; refuse empty or over-long questions with a clear message."""
+    if not isinstance(question, str):
+        raise QuestionError("The question must be text.")
+    text = "".join(
+        " " if unicodedata.category(c) in ("Cc", "Cf") and c not in "\n\t" else c for c in question
+    )
+    text = " ".join(text.split())
+    if not text:
+        raise QuestionError("Please type a question about the indexed arXiv papers.")
+    if len(text) > settings.max_question_chars:
+        raise QuestionError(
+            f"Your question is {len(text):,} characters long; the limit is "
+            f"{settings.max_question_chars:,} (QA_MAX_QUESTION_CHARS). Please shorten it."
+        )
+    return text
+
+
+def _content(message: Any) -> str:
+    """Text of a history entry in any shape Gradio or a script may send."""
+    content = message.get("content", "") if isinstance(message, dict) else message
+    if isinstance(content, list):
+        return " ".join(_content({"content": part}) for part in content)
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    return str(content or "")
+
+
+def normalize_history(history: list | None) -> list[BaseMessage]:
+    """`[{"role", "content"}]` → LangChain messages; other roles and empty turns dropped."""
+    messages: list[BaseMessage] = []
+    for entry in history or []:
+        role = entry.get("role") if isinstance(entry, dict) else None
+        text = _content(entry).strip()
+        if not text or role not in ("user", "assistant"):
+            continue
+        messages.append(HumanMessage(text) if role == "user" else AIMessage(text))
+    return messages[-HISTORY_TURNS:]
+
+
+def is_chitchat(question: str) -> bool:
+    return bool(_CHITCHAT.match(question.strip()))
+
+
+# ---------------------------------------------------------------- steps
+
+
+def condense(question: str, history: list[BaseMessage], model, settings: Settings) -> str:
+    """A standalone search question for a follow-up (no history: the question itself)."""
+    if not any(isinstance(m, HumanMessage) for m in history):
+        return question
+    transcript = "\n".join(
+        f"{'user' if isinstance(m, HumanMessage) else 'assistant'}: {m.content[:1500]}"
+        for m in history
+    )
+    prompt = ChatPromptTemplate.from_messages([("human", load_prompt("condense"))])
+    rewritten = (prompt | model | StrOutputParser()).invoke(
+        {"history": transcript, "question": question}
+    )
+    rewritten = " ".join(rewritten.split())[: settings.max_question_chars]
+    return rewritten or question
+
+
+def papers_under_discussion(question: str, history: list[BaseMessage]) -> list[str]:
+    """Keys cited in the last answer, when the follow-up refers back to them ("they", "it")."""
+    if not _ANAPHORA.search(question):
+        return []
+    for message in reversed(history):
+        if isinstance(message, AIMessage):
+            return list(dict.fromkeys(paper_keys(message.content)))
+    return []
+
+
+def format_context(hits: list[Hit]) -> str:
+    """Each paper introduced by its citation marker and title, then its abstract."""
+    return "\n\n".join(
+        f"{h.paper.marker} {h.paper.title or '(untitled)'}\n{h.paper.abstract}" for h in hits
+    )
+
+
+def abstention_text(hits: list[Hit]) -> str:
+    lines = ["The indexed abstracts do not cover this question, so I will not guess an answer."]
+    if hits:
+        lines.append("\nThe nearest papers, which may still be of interest:")
+        lines += [f"- {h.paper.title} ({h.paper.arxiv_id or h.paper.key})" for h in hits[:3]]
+    return "\n".join(lines)
+
+
+CHITCHAT_REPLY = (
+    "Hello! I answer questions about the arXiv abstracts in this index, citing each claim "
+    "with the paper's arXiv ID. Try asking, for example, which papers study machine "
+    "unlearning in language models, and how."
+)
+
+
+def _use_structured(spec: str, settings: Settings, structured: bool | None) -> bool:
+    if structured is not None:
+        return structured
+    return (
+        settings.structured_output and parse_spec(spec).kind != "stub" and supports_structured(spec)
+    )
+
+
+def _answer_prompt() -> ChatPromptTemplate:
+    return ChatPromptTemplate.from_messages(
+        [
+            ("system", load_prompt("system")),
+            MessagesPlaceholder("history"),
+            ("human", load_prompt("answer")),
+        ]
+    )
+
+
+def _sentences_to_text(sentences: list[dict], context: list[Paper]) -> str:
+    """Structured output → markdown text with markers (validated like free text)."""
+    parts = []
+    for sentence in sentences:
+        if not isinstance(sentence, dict):
+            continue
+        text = " ".join(str(sentence.get("text", "")).split())
+        cites = sentence.get("cite") or []
+        markers = "".join(f"[{c}]" for c in cites if isinstance(c, str))
+        if text:
+            parts.append(f"{text} {markers}".strip())
+    return " ".join(parts)
+
+
+def _stream_structured(runnable, inputs: dict, context: list[Paper]) -> Iterator[str]:
+    """Emit each sentence of a JSON answer as soon as the next one starts (or at the end)."""
+    raw, emitted = "", 0
+    guard = StreamGuard(context)
+    for chunk in runnable.stream(inputs):
+        raw += chunk
+        parsed = parse_partial_json(raw) if raw.strip() else None
+        sentences = parsed.get("sentences", []) if isinstance(parsed, dict) else []
+        complete = sentences[:-1]
+        if len(complete) > emitted:
+            text = _sentences_to_text(complete[emitted:], context)
+            yield from guard.feed(("" if emitted == 0 else " ") + text)
+            emitted = len(complete)
+    parsed = parse_partial_json(raw) if raw.strip() else None
+    if not isinstance(parsed, dict):
+        raise ModelError("the model did not return the JSON answer it was asked for")
+    rest = parsed.get("sentences", [])[emitted:]
+    if rest:
+        yield from guard.feed(("" if emitted == 0 else " ") + _sentences_to_text(rest, context))
+    yield from guard.flush()
+
+
+# ---------------------------------------------------------------- public API
+
+
+def stream(
+    question: str,
+    history: list | None = None,
+    model: str | None = None,
+    *,
+    k: int | None = None,
+    settings: Settings | None = None,
+    structured: bool | None = None,
+) -> Iterator[str | Answer]:
+    """`qa.stream`: answer text as it is generated, then the final `Answer`."""
+    settings = settings or get_settings()
+    spec = model or settings.model
+    question = clean_question(question, settings)
+    messages = normalize_history(history)
+    answer = Answer(text="", question=question, standalone_question=question, model=spec)
+
+    if is_chitchat(question):
+        answer.text, answer.abstained = CHITCHAT_REPLY, True
+        yield answer.text
+        yield answer
+        return
+
+    llm = get_chat_model(spec, settings)
+    try:
+        standalone = condense(question, messages, llm, settings)
+    except Exception as exc:  # a dead server fails here first
+        answer.error = explain_error(exc, spec, settings)
+        answer.text = answer.error
+        yield answer.text
+        yield answer
+        return
+    pinned = papers_under_discussion(question, messages)
+    search = " ".join([standalone, *(f"arXiv:{key}" for key in pinned)])
+    answer.standalone_question = standalone
+    hits = retrieve(search, k or settings.k, settings=settings)
+    answer.sources = hits
+
+    if not is_relevant(hits, settings):
+        answer.text, answer.abstained = abstention_text(hits), True
+        yield answer.text
+        yield answer
+        return
+
+    context = [h.paper for h in hits]
+    inputs = {"context": format_context(hits), "question": question, "history": messages}
+    raw_parts: list[str] = []
+    shown: list[str] = []
+    try:
+        if _use_structured(spec, settings, structured):
+            bound = bind_citation_schema(llm, spec, [p.marker for p in context])
+            chain = _answer_prompt() | bound | StrOutputParser()
+            pieces = _stream_structured(chain, inputs, context)
+        else:
+            chain = _answer_prompt() | llm | StrOutputParser()
+            pieces = _guarded(chain, inputs, StreamGuard(context), raw_parts)
+        for piece in pieces:
+            if piece:
+                shown.append(piece)
+                yield piece
+    except Exception as exc:  # mid-stream failure: keep what was shown and the sources
+        answer.error = explain_error(exc, spec, settings)
+        log.warning("model error: %s", answer.error)
+        notice = f"\n\n⚠️ {answer.error}"
+        shown.append(notice)
+        yield notice
+    text = "".join(shown)
+    raw = "".join(raw_parts)
+    checked = validate(text, context)
+    answer.text = checked.text
+    answer.citations = checked.citations
+    answer.dropped_citations = validate(raw, context).dropped if raw else checked.dropped
+    if not answer.text.strip():
+        answer.text = "The model returned an empty answer."
+    yield answer
+
+
+def _guarded(runnable, inputs: dict, guard: StreamGuard, raw: list[str]) -> Iterator[str]:
+    """Stream model text through the citation guard, keeping the raw text for the record."""
+    for chunk in runnable.stream(inputs):
+        raw.append(chunk)
+        yield from guard.feed(chunk)
+    yield from guard.flush()
+
+
+def ask(
+    question: str,
+    history: list | None = None,
+    model: str | None = None,
+    *,
+    k: int | None = None,
+    settings: Settings | None = None,
+    structured: bool | None = None,
+) -> Answer:
+    """`qa.ask`: the final Answer (text with [arXiv:ID] markers, citations, sources)."""
+    final = None
+    for event in stream(question, history, model, k=k, settings=settings, structured=structured):
+        if isinstance(event, Answer):
+            final = event
+    assert final is not None
+    return final

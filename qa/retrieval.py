@@ -1,0 +1,280 @@
+"""Hybrid retrieval: BM25 (bm25s, stemmed) + dense (Chroma), fused, grouped into papers.
+
+BM25 finds method names and rare terms, the dense channel finds paraphrases; each candidate
+is scored in *both* channels (no zero for "not in the other top list"), then fused. The
+keyword index is derived from the documents Chroma holds and rebuilt when Chroma's revision
+stamp changes, so Chroma stays the one source of truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import bm25s
+import numpy as np
+import Stemmer
+
+from qa.config import Settings, get_settings
+from qa.corpus import ARXIV_ID, Paper
+from qa.index import Index, ensure_index
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["hybrid", "keyword", "dense"]
+STALE_CHECK_SECONDS = 2.0
+_ID_IN_TEXT = re.compile(rf"(?:arXiv:|ref:)({ARXIV_ID}|h[0-9a-f]{{12}})", re.IGNORECASE)
+
+
+@dataclass
+class Hit:
+    """One retrieved paper: its record, fused score, and the chunk that matched best."""
+
+    paper: Paper
+    score: float
+    snippet: str
+    dense: float = 0.0  # cosine similarity of the best chunk, in [-1, 1]
+    keyword: float = 0.0  # BM25 score of the best chunk, normalised to the query's best
+    pinned: bool = False  # named in the question by its arXiv ID
+
+    def to_dict(self) -> dict:
+        return {
+            "paper": self.paper.to_dict(),
+            "score": round(self.score, 4),
+            "dense": round(self.dense, 4),
+            "keyword": round(self.keyword, 4),
+            "snippet": self.snippet,
+        }
+
+
+# ---------------------------------------------------------------- keyword index
+
+
+@dataclass
+class KeywordIndex:
+    """BM25 over the chunks Chroma holds, rebuilt when Chroma's revision changes."""
+
+    revision: int = -1
+    count: int = -1
+    ids: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    model: bm25s.BM25 | None = None
+    tokenizer: bm25s.tokenization.Tokenizer | None = None
+    checked_at: float = 0.0
+
+    @staticmethod
+    def make_tokenizer() -> bm25s.tokenization.Tokenizer:
+        return bm25s.tokenization.Tokenizer(
+            stemmer=Stemmer.Stemmer("english").stemWord, stopwords="en"
+        )
+
+    def rebuild(self, index: Index) -> None:
+        revision, count = index.revision(), index.count()
+        ids, keys, texts = [], [], []
+        for offset in range(0, count, 5000):
+            got = index.call(
+                index.collection.get,
+                include=["documents", "metadatas"],
+                limit=5000,
+                offset=offset,
+            )
+            ids += got["ids"]
+            texts += got["documents"]
+            keys += [m["key"] for m in got["metadatas"]]
+        tokenizer = self.make_tokenizer()
+        model = bm25s.BM25()
+        if texts:
+            tokens = tokenizer.tokenize(texts, show_progress=False, return_as="ids")
+            model.index(tokens, show_progress=False)
+        self.ids, self.keys, self.texts = ids, keys, texts
+        self.model, self.tokenizer = model, tokenizer
+        self.revision, self.count = revision, count
+        self.checked_at = time.monotonic()
+        log.debug("keyword index rebuilt: %d chunks (revision %d)", count, revision)
+
+    def refresh(self, index: Index) -> None:
+        """Rebuild if Chroma changed since the last build (checked at most every 2 s)."""
+        if self.model is not None and time.monotonic() - self.checked_at < STALE_CHECK_SECONDS:
+            return
+        if self.model is None or (index.revision(), index.count()) != (self.revision, self.count):
+            self.rebuild(index)
+        self.checked_at = time.monotonic()
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every chunk for the query (zeros when no query word is known)."""
+        if self.model is None or not self.texts:
+            return np.zeros(0, dtype=np.float32)
+        vocab = self.tokenizer.get_vocab_dict()
+        words = self.tokenizer.tokenize(
+            [query], update_vocab=False, show_progress=False, return_as="string"
+        )[0]
+        ids = [vocab[w] for w in words if w in vocab]
+        if not ids:
+            return np.zeros(len(self.texts), dtype=np.float32)
+        return np.asarray(self.model.get_scores(ids), dtype=np.float32)
+
+
+# ---------------------------------------------------------------- retriever
+
+
+class Retriever:
+    """Answers `retrieve(question)` against one Index; safe to share across threads."""
+
+    def __init__(self, index: Index, settings: Settings):
+        self.index = index
+        self.settings = settings
+        self.keyword_index = KeywordIndex()
+        self.lock = threading.Lock()
+
+    def keyword_scores(self, question: str, n: int) -> tuple[list[str], dict[str, float]]:
+        """The top `n` chunk ids by BM25, and every chunk's score (to score dense finds too)."""
+        with self.lock:
+            self.keyword_index.refresh(self.index)
+            ids = self.keyword_index.ids
+            scores = self.keyword_index.scores(question)
+        if not len(scores):
+            return [], {}
+        top = [ids[i] for i in np.argsort(-scores)[:n] if scores[i] > 0]
+        return top, dict(zip(ids, scores.tolist(), strict=True))
+
+    def dense_candidates(self, vector: list[float], n: int) -> dict[str, tuple[float, str, str]]:
+        """chunk id → (cosine, paper key, text) for the `n` nearest chunks."""
+        got = self.index.call(
+            self.index.collection.query,
+            query_embeddings=[vector],
+            n_results=max(1, min(n, self.index.count())),
+            include=["distances", "metadatas", "documents"],
+        )
+        return {
+            cid: (1.0 - dist, meta["key"], doc)
+            for cid, dist, meta, doc in zip(
+                got["ids"][0],
+                got["distances"][0],
+                got["metadatas"][0],
+                got["documents"][0],
+                strict=True,
+            )
+        }
+
+    def cosines(self, vector: list[float], chunk_ids: list[str]) -> dict[str, float]:
+        """Exact cosine for chunks found only by keyword (vectors are unit-normalised)."""
+        if not chunk_ids:
+            return {}
+        got = self.index.call(self.index.collection.get, ids=chunk_ids, include=["embeddings"])
+        q = np.asarray(vector, dtype=np.float32)
+        return {
+            cid: float(np.dot(np.asarray(emb, dtype=np.float32), q))
+            for cid, emb in zip(got["ids"], got["embeddings"], strict=True)
+        }
+
+    def retrieve(self, question: str, k: int, mode: Mode = "hybrid") -> list[Hit]:
+        n = max(self.settings.candidates, k * 4)
+        pinned = {m.group(1) for m in _ID_IN_TEXT.finditer(question)}
+        query = _ID_IN_TEXT.sub(" ", question)
+        top_kw, kw_all = self.keyword_scores(query, n) if mode != "dense" else ([], {})
+        vector = self.index.embeddings.embed_query(query) if mode != "keyword" else None
+        dense = self.dense_candidates(vector, n) if vector is not None else {}
+
+        chunk_ids = set(top_kw) | set(dense)
+        cos = {cid: v[0] for cid, v in dense.items()}
+        if vector is not None:
+            cos.update(self.cosines(vector, [c for c in chunk_ids if c not in cos]))
+        kw = {cid: kw_all.get(cid, 0.0) for cid in chunk_ids}
+        return self._to_hits(chunk_ids, kw, cos, pinned, k, mode)
+
+    def _to_hits(
+        self,
+        chunk_ids: set[str],
+        kw: dict[str, float],
+        cos: dict[str, float],
+        pinned: set[str],
+        k: int,
+        mode: Mode,
+    ) -> list[Hit]:
+        top_kw = max(kw.values(), default=0.0) or 1.0
+        cos_vals = list(cos.values())
+        lo, hi = (min(cos_vals), max(cos_vals)) if cos_vals else (0.0, 1.0)
+        weight = {"keyword": 1.0, "dense": 0.0}.get(mode, self.settings.keyword_weight)
+        best: dict[str, tuple[float, str, float, float]] = {}
+        for cid in chunk_ids:
+            key = cid.rsplit("#", 1)[0]
+            k_norm = kw.get(cid, 0.0) / top_kw
+            d_norm = (cos.get(cid, lo) - lo) / (hi - lo) if hi > lo else 0.0
+            fused = weight * k_norm + (1 - weight) * d_norm
+            if key not in best or fused > best[key][0]:
+                best[key] = (fused, cid, k_norm, cos.get(cid, 0.0))
+        for key in pinned:
+            if key in best:
+                fused, cid, k_norm, c = best[key]
+                best[key] = (2.0 + fused, cid, k_norm, c)
+            else:
+                best[key] = (2.0, f"{key}#0", 0.0, 0.0)
+        ranked = sorted(best.items(), key=lambda item: -item[1][0])[:k]
+        papers = self.index.papers([key for key, _ in ranked])
+        texts = self._chunk_texts([v[1] for _, v in ranked])
+        hits = []
+        for key, (fused, cid, k_norm, c) in ranked:
+            if key not in papers:
+                continue  # a pinned ID that is not in the index
+            snippet = texts.get(cid, "")
+            title = papers[key].title
+            if title and snippet.startswith(title):
+                snippet = snippet[len(title) :].strip()
+            hits.append(
+                Hit(
+                    papers[key],
+                    min(fused, 1.0) if key not in pinned else 1.0,
+                    snippet,
+                    dense=c,
+                    keyword=k_norm,
+                    pinned=key in pinned,
+                )
+            )
+        return hits
+
+    def _chunk_texts(self, chunk_ids: list[str]) -> dict[str, str]:
+        if not chunk_ids:
+            return {}
+        got = self.index.call(self.index.collection.get, ids=chunk_ids, include=["documents"])
+        return dict(zip(got["ids"], got["documents"], strict=True))
+
+
+_RETRIEVERS: dict[int, Retriever] = {}
+_RETRIEVERS_LOCK = threading.Lock()
+
+
+def get_retriever(settings: Settings | None = None) -> Retriever:
+    """The shared Retriever for the settings' index (built from the seeds if empty)."""
+    settings = settings or get_settings()
+    index = ensure_index(settings)
+    with _RETRIEVERS_LOCK:
+        retriever = _RETRIEVERS.get(id(index))
+        if retriever is None or retriever.index is not index:
+            retriever = _RETRIEVERS[id(index)] = Retriever(index, settings)
+        return retriever
+
+
+def retrieve(
+    question: str,
+    k: int | None = None,
+    *,
+    mode: Mode = "hybrid",
+    settings: Settings | None = None,
+) -> list[Hit]:
+    """`qa.retrieve`: the k most relevant papers, best first, one Hit per paper."""
+    settings = settings or get_settings()
+    question = " ".join(question.split())
+    if not question:
+        return []
+    return get_retriever(settings).retrieve(question, k or settings.k, mode)
+
+
+def is_relevant(hits: list[Hit], settings: Settings | None = None) -> bool:
+    """Does the best hit clear the abstention threshold (calibrated by `qa eval`)?"""
+    settings = settings or get_settings()
+    return bool(hits) and (hits[0].pinned or hits[0].dense >= settings.abstain_threshold)
