@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     embeddings: str = Field("minilm", description="Embedding spec: minilm | openai:<model> | …")
     chunk_tokens: int = Field(256, description="Max tokens per chunk (the model's window).")
     embed_batch: int = Field(16, description="Texts per embedding batch.")
+    embed_threads: int = Field(
+        2, ge=1, description="onnxruntime intra-op threads for the local embedding model."
+    )
 
     # retrieval
     k: int = Field(5, ge=1, le=50, description="Papers shown to the model.")
