@@ -1,0 +1,470 @@
+"""Gradio chat UI for arxiv-qa: streamed, cited answers beside the papers they came from.
+
+`demo` is a module-level `gr.Blocks`, so tests (and `gradio app.py`) can import and launch it;
+`python app.py` builds the index on first start (console progress bar) and then serves on
+QA_HOST:QA_PORT (127.0.0.1:7860), behind a login when QA_AUTH=user:password is set.
+
+Everything that comes from an abstract or a model is rendered inert: chat text is HTML-escaped
+and its brackets are escaped so it cannot form links or images (only our own `[arXiv:ID]`
+markers become links), the Chatbot keeps Gradio's HTML sanitiser on, and the sources panel is
+built from escaped text only.
+
+Two endpoints for scripts (`gradio_client`):
+- `/ask(message, history, model, k) -> (answer_markdown, sources)`: the documented one;
+  `history` is `[{"role", "content"}]`, `sources` a list of dicts (arxiv_id, title, url,
+  snippet, score, cited). `client.submit(...)` streams the growing answer.
+- `/chat`: the UI's own event (textbox, chatbot, model, k), callable but undocumented.
+"""
+
+import html
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import gradio as gr
+
+from qa.chain import Answer, QuestionError, stream
+from qa.citations import render_markdown
+from qa.config import Settings, get_settings
+from qa.corpus import ARXIV_ID
+from qa.index import Index, IndexUnavailable, ensure_index, open_index
+from qa.models import ModelError
+from qa.retrieval import Hit
+
+log = logging.getLogger("arxiv_qa.app")
+
+MODEL_CHOICES = [
+    "stub",
+    "openai:gpt-4o-mini",
+    "ollama:llama3.2",
+    "llamacpp-server:local",
+]
+EXAMPLES = [
+    "Which methods exist for machine unlearning in large language models?",
+    "What is POMP and what does it pre-train?",
+    "How can voice conversion be used for backdoor attacks on speech classification?",
+    "What can Kosmos-2 do that earlier multimodal models could not?",
+    "How does MiniLLM distil knowledge from large language models?",
+]
+SNIPPET_CHARS = 420
+THINKING = "_Searching the abstracts…_"
+WARNING = "⚠️ "
+
+_MARKER = re.compile(rf"(\[arXiv:{ARXIV_ID}\])")
+_LINKED_MARKER = re.compile(rf"\[arXiv:({ARXIV_ID})\]\(https://arxiv\.org/abs/[^)\s]+\)")
+_MD_SPECIAL = re.compile(r"([\\\[\]])")
+_MD_ESCAPED = re.compile(r"\\([\\\[\]])")
+_URL_USERINFO = re.compile(r"(https?://)[^/@\s]+@")
+
+SOURCES_CSS = """
+.qa-sources { font-size: 0.92rem; line-height: 1.45; }
+.qa-sources h4 { margin: 0.6rem 0 0.4rem; font-size: 0.95rem; }
+.qa-sources .qa-query { color: var(--body-text-color-subdued); margin: 0 0 0.4rem; }
+.qa-sources ol { margin: 0; padding-left: 1.3rem; }
+.qa-sources li { margin: 0 0 0.7rem; }
+.qa-sources .qa-title { font-weight: 600; }
+.qa-sources .qa-id a { color: var(--link-text-color, #2563eb); text-decoration: underline; }
+.qa-sources .qa-snippet { margin: 0.25rem 0 0; padding-left: 0.6rem;
+  border-left: 3px solid var(--border-color-primary); color: var(--body-text-color-subdued); }
+.qa-sources .qa-uncited { opacity: 0.8; }
+.qa-sources .qa-badge { font-size: 0.75rem; padding: 0 0.35rem; border-radius: 0.3rem;
+  border: 1px solid var(--border-color-primary); color: var(--body-text-color-subdued); }
+.qa-sources .qa-empty { color: var(--body-text-color-subdued); }
+"""
+
+
+# ---------------------------------------------------------------- rendering (inert by design)
+
+
+def esc(text: object) -> str:
+    """HTML-escape text for the sources panel, including `$` and `{` so that no template
+    syntax in an abstract can reach gr.HTML's template engine."""
+    return html.escape(str(text)).replace("$", "&#36;").replace("{", "&#123;")
+
+
+def inert_markdown(text: str) -> str:
+    """Chat markdown for untrusted text: HTML escaped, `[`/`]` escaped so the text cannot form
+    links or images, and only our own `[arXiv:ID]` markers turned into arXiv links."""
+    parts = _MARKER.split(text)
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2:  # a marker captured by the split
+            out.append(render_markdown(part))
+        else:
+            out.append(_MD_SPECIAL.sub(r"\\\1", html.escape(part, quote=False)))
+    return "".join(out)
+
+
+def plain_text(content: object) -> str:
+    """The inverse of `inert_markdown` for a chat message (any Gradio content shape): the
+    plain text with `[arXiv:ID]` markers that the chain expects as history."""
+    if isinstance(content, list):
+        return " ".join(plain_text(part) for part in content)
+    if isinstance(content, dict):
+        content = content.get("text", content.get("content", ""))
+    text = str(content or "")
+    text = _LINKED_MARKER.sub(r"[arXiv:\1]", text)
+    return html.unescape(_MD_ESCAPED.sub(r"\1", text))
+
+
+def plain_history(chat: list | None) -> list[dict[str, str]]:
+    """Chatbot messages → `[{"role", "content"}]` with plain-text content; placeholders,
+    error notices and other roles are left out so they do not steer a follow-up."""
+    history = []
+    for message in chat or []:
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            continue
+        text = plain_text(message.get("content", "")).strip()
+        if text and text != plain_text(THINKING) and not text.startswith(WARNING.strip()):
+            history.append({"role": message["role"], "content": text})
+    return history
+
+
+def redact(spec: str) -> str:
+    """A model spec as shown in the UI: any `user:password@` in a URL removed."""
+    return _URL_USERINFO.sub(r"\1", spec)
+
+
+def _snippet(text: str) -> str:
+    text = " ".join(text.split())
+    if len(text) <= SNIPPET_CHARS:
+        return text
+    return text[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " …"
+
+
+def _paper_html(hit: Hit, cited: bool) -> str:
+    paper = hit.paper
+    if paper.arxiv_id:
+        url = esc(f"https://arxiv.org/abs/{paper.arxiv_id}")
+        ident = (
+            f'<a href="{url}" target="_blank" rel="noopener noreferrer">'
+            f"arXiv:{esc(paper.arxiv_id)}</a>"
+        )
+    else:
+        ident = f"ref:{esc(paper.key)}"
+    badge = "" if cited else ' <span class="qa-badge">not cited</span>'
+    return (
+        f'<li class="{"qa-cited" if cited else "qa-uncited"}">'
+        f'<span class="qa-title">{esc(paper.title or "(untitled)")}</span><br>'
+        f'<span class="qa-id">{ident}</span>{badge}'
+        f'<p class="qa-snippet">{esc(_snippet(hit.snippet))}</p></li>'
+    )
+
+
+def sources_html(answer: Answer | None) -> str:
+    """The sources panel: cited papers first (title, ID link, matching snippet), then the
+    other retrieved papers marked "not cited"."""
+    if answer is None:
+        return '<div class="qa-sources"><p class="qa-empty">Looking up papers…</p></div>'
+    if not answer.sources:
+        note = "No papers were retrieved." if answer.question else "Ask a question to see papers."
+        return f'<div class="qa-sources"><p class="qa-empty">{note}</p></div>'
+    cited_keys = [p.key for p in answer.citations]
+    cited = sorted(
+        (h for h in answer.sources if h.paper.key in cited_keys),
+        key=lambda h: cited_keys.index(h.paper.key),
+    )
+    other = [h for h in answer.sources if h.paper.key not in cited_keys]
+    parts = ['<div class="qa-sources">']
+    if answer.standalone_question and answer.standalone_question != answer.question:
+        parts.append(f'<p class="qa-query">Searched for: {esc(answer.standalone_question)}</p>')
+    parts.append(f"<h4>Cited papers ({len(cited)})</h4>")
+    if cited:
+        parts += ["<ol>", *(_paper_html(h, True) for h in cited), "</ol>"]
+    else:
+        parts.append('<p class="qa-empty">The answer cites none of the retrieved papers.</p>')
+    if other:
+        parts.append(f"<h4>Also retrieved, not cited ({len(other)})</h4>")
+        parts += ["<ol>", *(_paper_html(h, False) for h in other), "</ol>"]
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def sources_data(answer: Answer) -> list[dict]:
+    """Sources for API clients: every retrieved paper, flagged cited or not."""
+    cited = {p.key for p in answer.citations}
+    return [
+        {
+            "arxiv_id": h.paper.arxiv_id,
+            "key": h.paper.key,
+            "title": h.paper.title,
+            "url": h.paper.url,
+            "snippet": h.snippet,
+            "score": round(h.score, 4),
+            "cited": h.paper.key in cited,
+        }
+        for h in answer.sources
+    ]
+
+
+# ---------------------------------------------------------------- answering
+
+
+def _failure(question: str, message: str) -> Answer:
+    return Answer(text=f"{WARNING}{message}", question=question, error=message)
+
+
+def answer_events(
+    message: str, history: list, spec: str, k: int, settings: Settings
+) -> Iterator[tuple[str, Answer | None]]:
+    """(growing answer text, None) while streaming, then (final text, Answer). Every failure
+    becomes a readable final Answer with `.error` set, never an exception."""
+    text = ""
+    try:
+        for event in stream(message, history, spec, k=k, settings=settings):
+            if isinstance(event, Answer):
+                yield event.text, event
+                return
+            text += event
+            yield text, None
+    except QuestionError as exc:
+        failed = _failure(message, str(exc))
+    except ModelError as exc:
+        failed = _failure(message, f"The model {redact(spec)!r} cannot be used: {exc}")
+    except IndexUnavailable as exc:
+        failed = _failure(message, f"The paper index is unavailable: {exc}")
+    except Exception as exc:  # the UI must stay usable whatever breaks; details go to the log
+        log.exception("answering %r failed", message[:200])
+        failed = _failure(
+            message,
+            f"Something went wrong while answering ({type(exc).__name__}); "
+            "the details are in the server log. Please try again.",
+        )
+    if text:
+        failed.text = f"{text}\n\n{failed.text}"
+    yield failed.text, failed
+
+
+def resolve_spec(value: str | None, settings: Settings) -> str:
+    """The model spec to use: the UI's value, or the configured one when the box is blank or
+    shows the configured spec in its redacted form."""
+    value = (value or "").strip()
+    if not value or value == redact(settings.model):
+        return settings.model
+    return value
+
+
+def resolve_k(value: float | None, settings: Settings) -> int:
+    if value is None:
+        return settings.k
+    return max(1, min(50, int(value)))
+
+
+# ---------------------------------------------------------------- index status
+
+
+def count_papers(index: Index) -> int:
+    """Papers in the index (each has exactly one first chunk)."""
+    got = index.call(index.collection.get, where={"chunk": 0}, include=[])
+    return len(got["ids"])
+
+
+def index_status(settings: Settings) -> Iterator[str]:
+    """The status line: built on first use (so a fresh install shows progress), then counts."""
+    try:
+        index = open_index(settings)
+        if index.count() == 0:
+            yield "⏳ Building the paper index from the bundled abstracts (first start)…"
+        index = ensure_index(settings, progress=True)
+        papers = count_papers(index)
+    except IndexUnavailable as exc:
+        yield f"{WARNING}The paper index is unavailable: {esc(exc)}"
+        return
+    except Exception as exc:  # keep the page usable; the chat will report details per question
+        log.exception("index status failed")
+        yield f"{WARNING}The paper index could not be opened ({type(exc).__name__})."
+        return
+    yield (
+        f"📚 **{papers:,}** arXiv abstracts indexed · default model `{esc(redact(settings.model))}`"
+        " · answers cite papers as [arXiv:ID] links"
+    )
+
+
+# ---------------------------------------------------------------- the Blocks
+
+
+def _handlers(current: Callable[[], Settings]):
+    """The event functions, reading settings at call time (tests and reloads change them)."""
+
+    def chat(message: str, chatbot: list, model: str, k: float) -> Iterator[tuple[str, list, str]]:
+        settings = current()
+        history = plain_history(chatbot)
+        messages = list(chatbot or [])
+        if (message or "").strip():
+            messages.append({"role": "user", "content": inert_markdown(message)})
+        messages.append({"role": "assistant", "content": THINKING})
+        yield "", messages, sources_html(None)
+        spec, n = resolve_spec(model, settings), resolve_k(k, settings)
+        for text, final in answer_events(message or "", history, spec, n, settings):
+            messages[-1] = {"role": "assistant", "content": inert_markdown(text) or THINKING}
+            yield "", messages, (sources_html(final) if final else gr.skip())
+
+    # A generator (so `client.submit` streams), annotated with what each step yields:
+    # `gr.api` derives the endpoint's outputs from the return annotation.
+    def ask(
+        message: str, history: list | None = None, model: str = "", k: int = 0
+    ) -> tuple[str, list]:
+        """Answer a question about the indexed arXiv abstracts, with the chat history as
+        [{"role", "content"}] dicts. Returns (answer markdown with arXiv links, sources)."""
+        settings = current()
+        turns = plain_history(history)
+        spec, n = resolve_spec(model, settings), resolve_k(k or None, settings)
+        for text, final in answer_events(message or "", turns, spec, n, settings):
+            yield render_markdown(text), (sources_data(final) if final else [])
+
+    def status() -> Iterator[str]:
+        yield from index_status(current())
+
+    def clear() -> tuple[list, str, str]:
+        return [], "", sources_html(Answer(text=""))
+
+    return chat, ask, status, clear
+
+
+def build_demo(settings: Settings | None = None) -> gr.Blocks:
+    """The UI. With `settings`, it is bound to them (tests run several apps in one process);
+    without, every event reads `get_settings()` when it runs."""
+
+    def current() -> Settings:
+        return settings or get_settings()
+
+    initial = current()
+    limit = initial.concurrency_limit
+    chat, ask, status, clear = _handlers(current)
+    choices = list(dict.fromkeys([redact(initial.model), *MODEL_CHOICES]))
+
+    with gr.Blocks(title="arxiv-qa", analytics_enabled=False) as demo:
+        gr.Markdown(
+            "## arxiv-qa — ask the arXiv abstracts\n"
+            "Every claim in an answer links to the paper it came from; the papers found for "
+            "your question are listed on the right."
+        )
+        status_line = gr.Markdown("⏳ Opening the paper index…", elem_id="status")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=420):
+                chatbot = gr.Chatbot(
+                    label="Chat",
+                    elem_id="chat",
+                    height=560,
+                    sanitize_html=True,  # Gradio's default; stated because it is load-bearing
+                    allow_tags=False,
+                    render_markdown=True,
+                    latex_delimiters=[],
+                    feedback_options=None,
+                    buttons=["copy", "copy_all"],
+                    placeholder="Ask about the papers in the index, e.g. one of the examples "
+                    "below. Follow-up questions use the conversation so far.",
+                )
+                with gr.Row():
+                    question = gr.Textbox(
+                        placeholder="Ask a question about the arXiv abstracts…",
+                        show_label=False,
+                        lines=1,
+                        max_lines=6,
+                        scale=5,
+                        elem_id="question",
+                        autofocus=True,
+                    )
+                    send = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
+                gr.Examples(EXAMPLES, inputs=[question], label="Example questions")
+                new_chat = gr.Button("New conversation", size="sm", elem_id="new-chat")
+            with gr.Column(scale=2, min_width=320):
+                with gr.Accordion("Settings", open=True):
+                    model = gr.Dropdown(
+                        choices=choices,
+                        value=redact(initial.model),
+                        allow_custom_value=True,
+                        label="Model",
+                        info="stub runs offline; openai:* needs OPENAI_API_KEY on the server; "
+                        "local servers: ollama:<model>, llamacpp-server:<model>, or any "
+                        "openai-compatible:<model>@<base_url>.",
+                        elem_id="model",
+                    )
+                    k = gr.Slider(
+                        1,
+                        20,
+                        value=min(initial.k, 20),
+                        step=1,
+                        label="Papers to retrieve (k)",
+                        elem_id="k",
+                    )
+                gr.Markdown("### Sources")
+                sources = gr.HTML(
+                    sources_html(Answer(text="")),
+                    css_template=SOURCES_CSS,
+                    js_on_load=None,
+                    elem_id="sources",
+                    max_height=620,
+                    padding=True,
+                )
+
+        gr.on(
+            [question.submit, send.click],
+            chat,
+            inputs=[question, chatbot, model, k],
+            outputs=[question, chatbot, sources],
+            api_name="chat",
+            api_visibility="undocumented",
+            concurrency_limit=limit,
+            concurrency_id="answer",
+            show_progress="minimal",
+        )
+        new_chat.click(clear, outputs=[chatbot, question, sources], api_visibility="private")
+        demo.load(status, outputs=[status_line], api_visibility="private")
+        gr.api(ask, api_name="ask", concurrency_limit=limit, concurrency_id="answer")
+    demo.queue(default_concurrency_limit=limit)
+    return demo
+
+
+def parse_auth(auth: object) -> tuple[str, str] | None:
+    """QA_AUTH=user:password → (user, password); the password may itself contain ':'."""
+    if auth is None:
+        return None
+    value = auth.get_secret_value() if hasattr(auth, "get_secret_value") else str(auth)
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("QA_AUTH must look like user:password")
+    return user, password
+
+
+def launch_options(settings: Settings) -> dict:
+    """`demo.launch()` arguments from the settings (host, port, optional login)."""
+    return {
+        "server_name": settings.host,
+        "server_port": settings.port,
+        "auth": parse_auth(settings.auth),
+        "auth_message": "arxiv-qa: log in with the QA_AUTH credentials." if settings.auth else None,
+        "show_error": False,
+    }
+
+
+demo = build_demo()
+
+
+def main() -> None:
+    """`python app.py`: build the index if it is missing (with a progress bar), then serve."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    try:
+        options = launch_options(settings)
+    except ValueError as exc:
+        sys.exit(f"arxiv-qa: {exc}")
+    print("arxiv-qa: opening the paper index…", flush=True)
+    start = time.perf_counter()
+    try:
+        index = ensure_index(settings, progress=True)
+    except IndexUnavailable as exc:
+        sys.exit(f"arxiv-qa: {exc}")
+    print(
+        f"arxiv-qa: {count_papers(index):,} papers ready in {time.perf_counter() - start:.1f} s; "
+        f"serving on http://{settings.host}:{settings.port}"
+        + (" (login required)" if settings.auth else ""),
+        flush=True,
+    )
+    demo.launch(**options)
+
+
+if __name__ == "__main__":
+    main()
