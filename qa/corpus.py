@@ -31,15 +31,14 @@ ARXIV_ID = (
 )
 _ID_LINE = re.compile(rf"^arXiv:\s*({ARXIV_ID})(?:v\d+)?")
 # A leading "Abstract" is a label when punctuation follows it ("Abstract:", "Abstract.",
-# "Abstract —") or a word that can only open a sentence ("Abstract We …"), never when it is
-# part of the text ("Abstract reasoning is …", "Abstract Meaning Representation …").
-_SENTENCE_OPENERS = (
-    "We|This|These|Those|In|The|A|An|Our|It|Its|Here|Although|While|With|As|Despite|How|"
-    "What|When|Given|Since|Because|For|To|Recent|Recently|Existing|Current|Currently|Previous"
-)
-_ABSTRACT_PREFIX = re.compile(
-    r"^(?:(?i:abstract)(?:\s*[:.\u2014\u2013]\s*|\s+--?\s*|\s*--?\s+"
-    rf"|\s+(?=(?:{_SENTENCE_OPENERS})\b))|ABSTRACT\s+(?=[A-Z]))"
+# "Abstract —"), or a capital or digit ("Abstract Language Models (LMs) achieve …", as pasted
+# from web pages), but never before a lower-case word ("Abstract reasoning is …") or when it
+# starts a term ("Abstract Meaning Representation (AMR)", "Abstract Syntax Trees").
+_LABEL = re.compile(r"^(?i:abstract)(?:\s*[:.\u2014\u2013]\s*|\s+--?\s*|\s*--?\s+)|^ABSTRACT\s+")
+_LABEL_BEFORE_CAPITAL = re.compile(r"^Abstract\s+(?=[A-Z0-9])")
+_ABSTRACT_TERM = re.compile(
+    r"^Abstract(?:\s+(?:Meaning|Syntax|Interpretation|Reasoning|Argumentation|Algebra)\b"
+    r"|(?:\s+[A-Z][\w-]*){1,4}\s+\(A[A-Za-z]*\))"
 )
 _MONTH = (
     r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
@@ -122,7 +121,16 @@ def content_key(abstract: str) -> str:
 def clean_abstract(text: str) -> str:
     """Strip a leading 'Abstract:' label and collapse whitespace; keep everything else."""
     text = " ".join(text.split())
-    return _ABSTRACT_PREFIX.sub("", text, count=1).strip()
+    return text[label_length(text) :].strip()
+
+
+def label_length(text: str) -> int:
+    """Length of a leading "Abstract" label (0 when the text has none)."""
+    if match := _LABEL.match(text):
+        return match.end()
+    if (match := _LABEL_BEFORE_CAPITAL.match(text)) and not _ABSTRACT_TERM.match(text):
+        return match.end()
+    return 0
 
 
 def split_lines(text: str) -> list[str]:
@@ -211,7 +219,7 @@ def read_arxiv_glued(lines: list[str], warn: list[str]) -> Iterator[Record]:
 def read_abstract_prefixed(lines: list[str], warn: list[str]) -> Iterator[Record]:
     """Layout 2: a header line, then one `Abstract:`-prefixed line per paper."""
     for n, line in _nonblank(lines):
-        if _ABSTRACT_PREFIX.match(line):
+        if label_length(line):
             yield Record(abstract=line, line=n)
         elif not is_title_like(line):
             warn.append(f"line {n}: no 'Abstract:' label; read as an abstract")
@@ -370,7 +378,7 @@ def detect_layout(lines: list[str]) -> str | None:
         return "csv"
     if any(_ID_LINE.match(line) for line in body):
         return "arxiv-glued"
-    prefixed = sum(bool(_ABSTRACT_PREFIX.match(line)) for line in body)
+    prefixed = sum(bool(label_length(line)) for line in body)
     if prefixed and prefixed >= (len(body) - 1) / 2:
         return "abstract-prefixed"
     texts, chrome = strip_chrome(lines)
@@ -488,7 +496,7 @@ class Metadata:
             self.by_id.setdefault(entry[0], entry)
         if entry[1]:
             self._put("title", self.by_title, normalize(entry[1]), entry)
-        start = normalize(abstract_start or "")[: self.PREFIX]
+        start = normalize(clean_abstract(abstract_start or ""))[: self.PREFIX]
         if len(start) >= 30:
             self._put("start", self.by_start, start, entry)
 
