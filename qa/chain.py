@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 PROMPTS_DIR = PROJECT_ROOT / "prompts"
 HISTORY_TURNS = 6  # messages of history shown to the model
 _CHITCHAT = re.compile(
-    r"^(hi|hello|hey|hiya|yo|good (morning|afternoon|evening)|thanks?( you)?( so much)?|"
-    r"thank you( very much)?|ok(ay)?|cool|great|bye|goodbye|who are you|what are you|"
-    r"what can you do|help)\W*$",
+    r"^(hi|hello|hey|hiya|yo|good (morning|afternoon|evening)|thanks?|thank you|ok(ay)?|cool|"
+    r"great|nice|bye|goodbye|cheers)\b[^?]*$|^(who|what) are you\W*$|^what can you do\W*$|"
+    r"^help\W*$",
     re.IGNORECASE,
 )
 _ANAPHORA = re.compile(
@@ -132,7 +132,9 @@ def normalize_history(history: list | None) -> list[BaseMessage]:
 
 
 def is_chitchat(question: str) -> bool:
-    return bool(_CHITCHAT.match(question.strip()))
+    """Greetings and thanks (short, no question mark): answered without a search."""
+    text = question.strip()
+    return len(text.split()) <= 8 and bool(_CHITCHAT.match(text))
 
 
 # ---------------------------------------------------------------- steps
@@ -162,6 +164,15 @@ def papers_under_discussion(question: str, history: list[BaseMessage]) -> list[s
         if isinstance(message, AIMessage):
             return list(dict.fromkeys(paper_keys(message.content)))
     return []
+
+
+def search_query(
+    question: str, history: list[BaseMessage], model, settings: Settings
+) -> tuple[str, str]:
+    """(standalone question, retrieval query): the follow-up rewritten, plus pinned papers."""
+    standalone = condense(question, history, model, settings)
+    pinned = papers_under_discussion(question, history)
+    return standalone, " ".join([standalone, *(f"arXiv:{key}" for key in pinned)])
 
 
 def format_context(hits: list[Hit]) -> str:
@@ -267,15 +278,13 @@ def stream(
 
     llm = get_chat_model(spec, settings)
     try:
-        standalone = condense(question, messages, llm, settings)
+        standalone, search = search_query(question, messages, llm, settings)
     except Exception as exc:  # a dead server fails here first
         answer.error = explain_error(exc, spec, settings)
         answer.text = answer.error
         yield answer.text
         yield answer
         return
-    pinned = papers_under_discussion(question, messages)
-    search = " ".join([standalone, *(f"arXiv:{key}" for key in pinned)])
     answer.standalone_question = standalone
     hits = retrieve(search, k or settings.k, settings=settings)
     answer.sources = hits

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,7 +30,7 @@ class Settings(BaseSettings):
         description="TSV with arxiv_id/title per paper, joined by content.",
     )
     resolve_cache: Path | None = Field(
-        None, description="TSV cache of `qa resolve` look-ups (default: <persist_dir>/resolved.tsv)."
+        None, description="TSV cache of `qa resolve` look-ups (default: persist_dir/resolved.tsv)."
     )
     arxiv_api_url: str = Field(
         "https://export.arxiv.org/api/query?{}", description="arXiv API query URL format."
@@ -50,8 +51,9 @@ class Settings(BaseSettings):
     k: int = Field(5, ge=1, le=50, description="Papers shown to the model.")
     candidates: int = Field(50, ge=5, description="Chunks taken from each retriever.")
     keyword_weight: float = Field(0.6, ge=0, le=1, description="Keyword share of fused score.")
+    fusion: Literal["convex", "rrf"] = Field("convex", description="How the channels fuse.")
     abstain_threshold: float = Field(
-        0.35, description="Relevance below which the answer abstains."
+        0.37, description="Relevance below which the answer abstains (see `qa eval`)."
     )
 
     # answering

@@ -9,9 +9,11 @@ stamp changes, so Chroma stays the one source of truth.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,6 +26,7 @@ from qa.corpus import ARXIV_ID, Paper
 from qa.index import Index, ensure_index
 
 log = logging.getLogger(__name__)
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it forces DEBUG on itself
 
 Mode = Literal["hybrid", "keyword", "dense"]
 STALE_CHECK_SECONDS = 2.0
@@ -39,6 +42,7 @@ class Hit:
     snippet: str
     dense: float = 0.0  # cosine similarity of the best chunk, in [-1, 1]
     keyword: float = 0.0  # BM25 score of the best chunk, normalised to the query's best
+    coverage: float = 0.0  # IDF-weighted share of the question's words found in the chunk
     pinned: bool = False  # named in the question by its arXiv ID
 
     def to_dict(self) -> dict:
@@ -47,6 +51,7 @@ class Hit:
             "score": round(self.score, 4),
             "dense": round(self.dense, 4),
             "keyword": round(self.keyword, 4),
+            "coverage": round(self.coverage, 4),
             "snippet": self.snippet,
         }
 
@@ -65,6 +70,7 @@ class KeywordIndex:
     texts: list[str] = field(default_factory=list)
     model: bm25s.BM25 | None = None
     tokenizer: bm25s.tokenization.Tokenizer | None = None
+    idf: dict[str, float] = field(default_factory=dict)
     checked_at: float = 0.0
 
     @staticmethod
@@ -88,14 +94,45 @@ class KeywordIndex:
             keys += [m["key"] for m in got["metadatas"]]
         tokenizer = self.make_tokenizer()
         model = bm25s.BM25()
+        idf: dict[str, float] = {}
         if texts:
             tokens = tokenizer.tokenize(texts, show_progress=False, return_as="ids")
             model.index(tokens, show_progress=False)
-        self.ids, self.keys, self.texts = ids, keys, texts
+            idf = self._idf(tokens, tokenizer)
+        self.ids, self.keys, self.texts, self.idf = ids, keys, texts, idf
         self.model, self.tokenizer = model, tokenizer
         self.revision, self.count = revision, count
         self.checked_at = time.monotonic()
         log.debug("keyword index rebuilt: %d chunks (revision %d)", count, revision)
+
+    @staticmethod
+    def _idf(tokens: list[list[int]], tokenizer: bm25s.tokenization.Tokenizer) -> dict[str, float]:
+        """Stem → BM25 idf, for weighting how much of a question a chunk covers."""
+        df = Counter(t for doc in tokens for t in set(doc))
+        n = len(tokens)
+        stems = {i: w for w, i in tokenizer.get_vocab_dict().items()}
+        return {stems[i]: math.log(1 + (n - c + 0.5) / (c + 0.5)) for i, c in df.items()}
+
+    def stems(self, text: str) -> list[str]:
+        return self.tokenizer.tokenize(
+            [text], update_vocab=False, show_progress=False, return_as="string"
+        )[0]
+
+    def coverage(self, query: str, text: str) -> float:
+        """IDF-weighted share of the query's words present in `text`; unknown words weigh most.
+
+        A question whose rare words appear nowhere in the corpus ("protein folding") gets a
+        low coverage even when its common words ("graph", "network") match.
+        """
+        if self.tokenizer is None:
+            return 0.0
+        words = set(self.stems(query))
+        if not words:
+            return 0.0
+        unseen = max(self.idf.values(), default=1.0)
+        weight = {w: self.idf.get(w, unseen) for w in words}
+        found = words & set(self.stems(text))
+        return sum(weight[w] for w in found) / sum(weight.values())
 
     def refresh(self, index: Index) -> None:
         """Rebuild if Chroma changed since the last build (checked at most every 2 s)."""
@@ -110,9 +147,7 @@ class KeywordIndex:
         if self.model is None or not self.texts:
             return np.zeros(0, dtype=np.float32)
         vocab = self.tokenizer.get_vocab_dict()
-        words = self.tokenizer.tokenize(
-            [query], update_vocab=False, show_progress=False, return_as="string"
-        )[0]
+        words = self.stems(query)
         ids = [vocab[w] for w in words if w in vocab]
         if not ids:
             return np.zeros(len(self.texts), dtype=np.float32)
@@ -185,53 +220,62 @@ class Retriever:
         if vector is not None:
             cos.update(self.cosines(vector, [c for c in chunk_ids if c not in cos]))
         kw = {cid: kw_all.get(cid, 0.0) for cid in chunk_ids}
-        return self._to_hits(chunk_ids, kw, cos, pinned, k, mode)
+        fused = self.fuse(chunk_ids, kw, cos, mode)
+        return self._to_hits(query, fused, kw, cos, pinned, k)
+
+    def fuse(
+        self, chunk_ids: set[str], kw: dict[str, float], cos: dict[str, float], mode: Mode
+    ) -> dict[str, float]:
+        """Chunk id → fused score: a convex mix of per-query normalised scores, or RRF."""
+        weight = {"keyword": 1.0, "dense": 0.0}.get(mode, self.settings.keyword_weight)
+        if self.settings.fusion == "rrf" and mode == "hybrid":
+            return rrf([kw, cos], [weight, 1 - weight], chunk_ids)
+        top_kw = max(kw.values(), default=0.0) or 1.0
+        lo, hi = (min(cos.values()), max(cos.values())) if cos else (0.0, 1.0)
+        spread = (hi - lo) or 1.0
+        return {
+            cid: weight * kw.get(cid, 0.0) / top_kw
+            + (1 - weight) * (cos.get(cid, lo) - lo) / spread
+            for cid in chunk_ids
+        }
 
     def _to_hits(
         self,
-        chunk_ids: set[str],
+        query: str,
+        fused: dict[str, float],
         kw: dict[str, float],
         cos: dict[str, float],
         pinned: set[str],
         k: int,
-        mode: Mode,
     ) -> list[Hit]:
-        top_kw = max(kw.values(), default=0.0) or 1.0
-        cos_vals = list(cos.values())
-        lo, hi = (min(cos_vals), max(cos_vals)) if cos_vals else (0.0, 1.0)
-        weight = {"keyword": 1.0, "dense": 0.0}.get(mode, self.settings.keyword_weight)
-        best: dict[str, tuple[float, str, float, float]] = {}
-        for cid in chunk_ids:
+        """Group chunks into papers (best chunk wins), pin named papers, build Hits."""
+        best: dict[str, tuple[float, str]] = {}
+        for cid, score in fused.items():
             key = cid.rsplit("#", 1)[0]
-            k_norm = kw.get(cid, 0.0) / top_kw
-            d_norm = (cos.get(cid, lo) - lo) / (hi - lo) if hi > lo else 0.0
-            fused = weight * k_norm + (1 - weight) * d_norm
-            if key not in best or fused > best[key][0]:
-                best[key] = (fused, cid, k_norm, cos.get(cid, 0.0))
+            if key not in best or score > best[key][0]:
+                best[key] = (score, cid)
         for key in pinned:
-            if key in best:
-                fused, cid, k_norm, c = best[key]
-                best[key] = (2.0 + fused, cid, k_norm, c)
-            else:
-                best[key] = (2.0, f"{key}#0", 0.0, 0.0)
+            score, cid = best.get(key, (0.0, f"{key}#0"))
+            best[key] = (2.0 + score, cid)
         ranked = sorted(best.items(), key=lambda item: -item[1][0])[:k]
         papers = self.index.papers([key for key, _ in ranked])
-        texts = self._chunk_texts([v[1] for _, v in ranked])
+        texts = self._chunk_texts([cid for _, (_, cid) in ranked])
+        top_kw = max(kw.values(), default=0.0) or 1.0
         hits = []
-        for key, (fused, cid, k_norm, c) in ranked:
+        for key, (score, cid) in ranked:
             if key not in papers:
                 continue  # a pinned ID that is not in the index
-            snippet = texts.get(cid, "")
+            text = texts.get(cid, "")
             title = papers[key].title
-            if title and snippet.startswith(title):
-                snippet = snippet[len(title) :].strip()
+            snippet = text[len(title) :].strip() if title and text.startswith(title) else text
             hits.append(
                 Hit(
                     papers[key],
-                    min(fused, 1.0) if key not in pinned else 1.0,
+                    min(score, 1.0),
                     snippet,
-                    dense=c,
-                    keyword=k_norm,
+                    dense=cos.get(cid, 0.0),
+                    keyword=kw.get(cid, 0.0) / top_kw,
+                    coverage=self.keyword_index.coverage(query, text),
                     pinned=key in pinned,
                 )
             )
@@ -242,6 +286,19 @@ class Retriever:
             return {}
         got = self.index.call(self.index.collection.get, ids=chunk_ids, include=["documents"])
         return dict(zip(got["ids"], got["documents"], strict=True))
+
+
+def rrf(
+    channels: list[dict[str, float]], weights: list[float], ids: set[str], c: int = 60
+) -> dict[str, float]:
+    """Weighted reciprocal-rank fusion (kept for comparison in `qa eval`)."""
+    fused = dict.fromkeys(ids, 0.0)
+    for scores, weight in zip(channels, weights, strict=True):
+        ranked = sorted(ids, key=lambda i: -scores.get(i, float("-inf")))
+        for rank, cid in enumerate(ranked):
+            fused[cid] += weight / (c + rank + 1)
+    top = max(fused.values(), default=0.0) or 1.0
+    return {cid: v / top for cid, v in fused.items()}
 
 
 _RETRIEVERS: dict[int, Retriever] = {}
@@ -274,7 +331,14 @@ def retrieve(
     return get_retriever(settings).retrieve(question, k or settings.k, mode)
 
 
+def relevance(hit: Hit) -> float:
+    """How well a hit answers: its dense similarity and how much of the question it covers."""
+    return 0.5 * hit.dense + 0.5 * hit.coverage
+
+
 def is_relevant(hits: list[Hit], settings: Settings | None = None) -> bool:
     """Does the best hit clear the abstention threshold (calibrated by `qa eval`)?"""
     settings = settings or get_settings()
-    return bool(hits) and (hits[0].pinned or hits[0].dense >= settings.abstain_threshold)
+    return bool(hits) and (
+        hits[0].pinned or max(relevance(h) for h in hits) >= settings.abstain_threshold
+    )

@@ -1,0 +1,236 @@
+"""The `qa` command: ingest, ask, chat, serve, eval, resolve.
+
+Every subcommand reads the one Settings object; flags override it for that run. Errors a user
+can act on (bad file, missing key, dead server, unreachable index) print one clear line and
+exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from qa.config import Settings, get_settings
+
+EXIT_USER_ERROR = 2
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings with this run's flags applied."""
+    overrides = {
+        name: getattr(args, name)
+        for name in ("model", "k", "embeddings")
+        if getattr(args, name, None) is not None
+    }
+    return get_settings().model_copy(update=overrides)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from qa.chain import QuestionError
+    from qa.corpus import CorpusError
+    from qa.index import IndexUnavailable
+    from qa.models import ModelError
+
+    return (QuestionError, CorpusError, IndexUnavailable, ModelError)
+
+
+# ---------------------------------------------------------------- subcommands
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Load files (default: the bundled seeds) and upsert them into the index."""
+    from qa.corpus import read_corpus
+    from qa.index import build_index, export_vector_cache, open_index
+
+    settings = _settings(args)
+    paths = args.paths or [settings.seeds_dir]
+    report = read_corpus(paths)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"loaded {len(report.papers)} papers from {', '.join(map(str, paths))}")
+    ingest = build_index(report.papers, settings=settings, rebuild=args.rebuild)
+    print(ingest.summary())
+    if args.save_vector_cache:
+        print(f"vector cache written to {export_vector_cache(open_index(settings))}")
+    return 0
+
+
+def _print_answer(answer, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
+        return
+    print()
+    if answer.citations:
+        print("\nCited papers:")
+        for paper in answer.citations:
+            link = paper.url or f"(no arXiv ID, key {paper.key})"
+            print(f"  [{paper.arxiv_id or paper.key}] {paper.title}\n      {link}")
+    elif answer.sources and answer.abstained:
+        print("\n(no paper cited)")
+
+
+def _stream_answer(question: str, history: list, settings: Settings, as_json: bool):
+    """Print the answer as it streams (plain mode) and return the final Answer."""
+    from qa.chain import Answer, stream
+
+    final = None
+    for event in stream(question, history, settings.model, k=settings.k, settings=settings):
+        if isinstance(event, Answer):
+            final = event
+        elif not as_json:
+            print(event, end="", flush=True)
+    _print_answer(final, as_json)
+    return final
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    answer = _stream_answer(args.question, [], settings, args.json)
+    return 1 if answer.error else 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """A terminal chat that keeps the conversation as history for follow-ups."""
+    settings = _settings(args)
+    history: list[dict] = []
+    print(f"arxiv-qa chat (model: {settings.model}). Empty line or Ctrl-D to quit.")
+    while True:
+        try:
+            question = input("\nyou> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if not question:
+            return 0
+        try:
+            answer = _stream_answer(question, history, settings, False)
+        except _user_errors() as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        history += [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer.text},
+        ]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Launch app.py's UI (it lives beside the package, as Gradio demos do)."""
+    import importlib.util
+
+    from qa.config import PROJECT_ROOT
+
+    spec = importlib.util.spec_from_file_location("app", PROJECT_ROOT / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    app.launch(host=args.host, port=args.port)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from qa.evaluate import run_eval
+    from qa.index import ensure_index
+
+    settings = _settings(args)
+    ensure_index(settings)
+    results = run_eval(settings, answers=args.answers, model=settings.model, sweep=args.sweep)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    from qa.corpus import load_corpus
+    from qa.resolve import resolve_missing
+
+    settings = _settings(args)
+    papers = load_corpus(args.paths or [settings.seeds_dir])
+    missing = [p for p in papers if not p.arxiv_id]
+    print(f"{len(missing)} of {len(papers)} papers have no arXiv ID")
+    report = resolve_missing(missing, settings=settings)
+    if report.error:
+        print(f"error: {report.error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(
+        f"resolved {len(report.resolved)}, not found {len(report.not_found)}, "
+        f"already cached {report.skipped_cached} (cache: {settings.resolve_cache_path})"
+    )
+    for old, new in report.resolved:
+        print(f"  {old} → arXiv:{new}")
+    if report.resolved:
+        print("run `qa ingest` to index the new IDs")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qa", description="Question answering over arXiv abstracts, with cited arXiv IDs."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="index the bundled seeds or your own files")
+    p.add_argument("paths", nargs="*", help="files or folders (txt layouts, JSONL, CSV)")
+    p.add_argument("--rebuild", action="store_true", help="drop the index and rebuild it")
+    p.add_argument("--embeddings", help="embedding spec (default: QA_EMBEDDINGS)")
+    p.add_argument(
+        "--save-vector-cache", action="store_true", help="write the shipped vector cache"
+    )
+    p.set_defaults(func=cmd_ingest)
+
+    for name, func, text in (
+        ("ask", cmd_ask, "answer one question"),
+        ("chat", cmd_chat, "chat in the terminal, with follow-ups"),
+    ):
+        p = sub.add_parser(name, help=text)
+        if name == "ask":
+            p.add_argument("question")
+            p.add_argument("--json", action="store_true", help="print the Answer as JSON")
+        p.add_argument("--model", help="model spec: stub | openai:<m> | ollama:<m> | …")
+        p.add_argument("--k", type=int, help="papers given to the model")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("serve", help="start the web UI")
+    p.add_argument("--host", help="bind address (default: QA_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: QA_PORT, 7860)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("eval", help="retrieval and answer figures on the golden set")
+    p.add_argument("--answers", action="store_true", help="also run the answer chain")
+    p.add_argument("--model", help="model for --answers (default: QA_MODEL)")
+    p.add_argument("--sweep", action="store_true", help="compare fusion settings")
+    p.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("resolve", help="find arXiv IDs for papers without one")
+    p.add_argument("paths", nargs="*", help="files or folders (default: the bundled seeds)")
+    p.set_defaults(func=cmd_resolve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except _user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `qa ask … | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
