@@ -59,14 +59,14 @@ _MD_ESCAPED = re.compile(r"\\([\\\[\]])")
 _URL_USERINFO = re.compile(r"(https?://)[^/@\s]+@")
 
 SOURCES_CSS = """
-.qa-sources { font-size: 0.92rem; line-height: 1.45; }
+.qa-sources { font-size: 0.92rem; line-height: 1.45; padding: 0 0.4rem; }
 .qa-sources h4 { margin: 0.6rem 0 0.4rem; font-size: 0.95rem; }
 .qa-sources .qa-query { color: var(--body-text-color-subdued); margin: 0 0 0.4rem; }
 .qa-sources ol { margin: 0; padding-left: 1.3rem; }
 .qa-sources li { margin: 0 0 0.7rem; }
 .qa-sources .qa-title { font-weight: 600; }
 .qa-sources .qa-id a { color: var(--link-text-color, #2563eb); text-decoration: underline; }
-.qa-sources .qa-snippet { margin: 0.25rem 0 0; padding-left: 0.6rem;
+.qa-sources .qa-snippet { display: block; margin: 0.25rem 0 0; padding-left: 0.6rem;
   border-left: 3px solid var(--border-color-primary); color: var(--body-text-color-subdued); }
 .qa-sources .qa-uncited { opacity: 0.8; }
 .qa-sources .qa-badge { font-size: 0.75rem; padding: 0 0.35rem; border-radius: 0.3rem;
@@ -149,7 +149,7 @@ def _paper_html(hit: Hit, cited: bool) -> str:
         f'<li class="{"qa-cited" if cited else "qa-uncited"}">'
         f'<span class="qa-title">{esc(paper.title or "(untitled)")}</span><br>'
         f'<span class="qa-id">{ident}</span>{badge}'
-        f'<p class="qa-snippet">{esc(_snippet(hit.snippet))}</p></li>'
+        f'<div class="qa-snippet">{esc(_snippet(hit.snippet))}</div></li>'
     )
 
 
@@ -214,11 +214,12 @@ def answer_events(
     text = ""
     try:
         for event in stream(message, history, spec, k=k, settings=settings):
-            if isinstance(event, Answer):
+            if isinstance(event, Answer):  # redact: a server URL in an error may hold a login
+                event.text = redact(event.text)
                 yield event.text, event
                 return
             text += event
-            yield text, None
+            yield redact(text), None
     except QuestionError as exc:
         failed = _failure(message, str(exc))
     except ModelError as exc:
@@ -266,7 +267,7 @@ def index_status(settings: Settings) -> Iterator[str]:
     try:
         index = open_index(settings)
         if index.count() == 0:
-            yield "⏳ Building the paper index from the bundled abstracts (first start)…"
+            yield "Building the paper index from the bundled abstracts (first start)…"
         index = ensure_index(settings, progress=True)
         papers = count_papers(index)
     except IndexUnavailable as exc:
@@ -277,8 +278,8 @@ def index_status(settings: Settings) -> Iterator[str]:
         yield f"{WARNING}The paper index could not be opened ({type(exc).__name__})."
         return
     yield (
-        f"📚 **{papers:,}** arXiv abstracts indexed · default model `{esc(redact(settings.model))}`"
-        " · answers cite papers as [arXiv:ID] links"
+        f"**{papers:,}** arXiv abstracts indexed · default model "
+        f"`{esc(redact(settings.model))}` · answers cite papers as [arXiv:ID] links"
     )
 
 
@@ -341,7 +342,7 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
             "Every claim in an answer links to the paper it came from; the papers found for "
             "your question are listed on the right."
         )
-        status_line = gr.Markdown("⏳ Opening the paper index…", elem_id="status")
+        status_line = gr.Markdown("Opening the paper index…", elem_id="status")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=420):
                 chatbot = gr.Chatbot(

@@ -1,0 +1,450 @@
+"""The Gradio app, launched for real on 127.0.0.1 and driven by the real `gradio_client`.
+
+One index of the bundled corpus is built for the whole session (seconds, thanks to the shipped
+vector cache) and the module-level `demo` is launched on a free port. The login test runs
+`python app.py` in a subprocess, which also checks the first-start index build.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # app.py lives at the project root, outside the `qa` package
+    sys.path.insert(0, str(ROOT))
+
+import app  # noqa: E402
+from qa.config import Settings, get_settings  # noqa: E402
+from qa.index import ensure_index, open_index  # noqa: E402
+
+# gradio's queue calls a pandas option that pandas 3 deprecates; not ours to fix
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+POMP = "2304.04704"
+VOICE_BACKDOOR = "2306.15875"
+QUESTIONS = [
+    ("How can voice conversion be used for backdoor attacks on speech classification?", None),
+    ("What is POMP and what does it pre-train?", POMP),
+    ("Which methods exist for machine unlearning in large language models?", None),
+    ("What can Kosmos-2 do?", "2306.14824"),
+    ("How does MiniLLM distil knowledge from large language models?", "2306.08543"),
+    ("How can reinforcement learning be done semi-offline for text generation?", "2306.09712"),
+    ("How do diffusion models train on synthetic data without collapse?", None),
+    ("When should graph neural networks be pre-trained?", None),
+    ("How can social computing systems be prototyped with simulated users?", None),
+    ("What is a large-scale synthetic dataset for long-term point tracking?", None),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_index(tmp_path_factory) -> Path:
+    """The bundled corpus indexed once per session (test_browser.py reuses the same path)."""
+    path = tmp_path_factory.getbasetemp() / "app-index"
+    ensure_index(Settings(persist_dir=path), progress=False)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(app_index, monkeypatch):
+    """Overrides conftest's per-test index dir: the launched `demo` reads `get_settings()` on
+    every event, so every test here must point QA_PERSIST_DIR at the shared session index."""
+    monkeypatch.setenv("QA_PERSIST_DIR", str(app_index))
+    for name in ("QA_CHROMA_URL", "QA_MODEL", "QA_AUTH", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def app_url(app_index) -> str:
+    """`app.demo` launched on a free loopback port for the session."""
+    port = free_port()
+    app.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.demo.close()
+
+
+@pytest.fixture
+def client(app_url) -> Client:
+    return Client(app_url, verbose=False)
+
+
+def ask(client: Client, message: str, history=None, model="stub", k=5) -> tuple[str, list]:
+    return client.predict(message, history or [], model, k, api_name="/ask")
+
+
+def cited_ids(sources: list[dict]) -> list[str]:
+    return [s["arxiv_id"] for s in sources if s["cited"]]
+
+
+# ---------------------------------------------------------------- answers through the API
+
+
+def test_corpus_question_returns_linked_answer_and_sources(client):
+    answer, sources = ask(client, QUESTIONS[0][0])
+    link = f"[arXiv:{VOICE_BACKDOOR}](https://arxiv.org/abs/{VOICE_BACKDOOR})"
+    assert link in answer
+    assert cited_ids(sources)[0] == VOICE_BACKDOOR
+    first = sources[0]
+    assert first["title"].startswith("Fake the Real")
+    assert first["url"] == f"https://arxiv.org/abs/{VOICE_BACKDOOR}"
+    assert "voice conversion" in first["snippet"]
+    assert any(not s["cited"] for s in sources), "the other retrieved papers are listed too"
+    assert len(sources) == 5
+
+
+def test_k_sets_the_number_of_papers(client):
+    _, sources = ask(client, QUESTIONS[0][0], k=2)
+    assert len(sources) == 2
+
+
+def test_answer_streams(client):
+    job = client.submit(QUESTIONS[1][0], [], "stub", 5, api_name="/ask")
+    final = job.result(timeout=60)
+    partial = [out[0] for out in job.outputs()]
+    assert len(partial) > 3, "the answer arrives in pieces"
+    assert final[0] == partial[-1]
+    assert f"https://arxiv.org/abs/{POMP}" in final[0]
+
+
+def test_follow_up_uses_the_history(client):
+    first, _ = ask(client, "What is POMP?")
+    assert POMP in first
+    history = [
+        {"role": "user", "content": "What is POMP?"},
+        {"role": "assistant", "content": first},
+    ]
+    follow_up = "What datasets did they evaluate on?"
+    answer, sources = ask(client, follow_up, history)
+    assert sources[0]["arxiv_id"] == POMP
+    assert POMP in cited_ids(sources)
+    assert "21 downstream datasets" in answer or POMP in answer
+    _, alone = ask(client, follow_up)
+    assert alone[0]["arxiv_id"] != POMP, "without the history the follow-up means nothing"
+
+
+def test_ui_chat_event_carries_the_conversation(client):
+    """The UI's own event: the chatbot value goes in, the grown conversation comes out."""
+    box, chat, panel = client.predict(QUESTIONS[1][0], [], "stub", 5, api_name="/chat")
+    assert box == ""
+    assert [m["role"] for m in chat] == ["user", "assistant"]
+    assert f"https://arxiv.org/abs/{POMP}" in chat[1]["content"][0]["text"]
+    assert "Cited papers (" in panel and "not cited" in panel
+    _, chat, panel = client.predict(
+        "What datasets did they evaluate on?", chat, "stub", 5, api_name="/chat"
+    )
+    assert len(chat) == 4
+    assert "Searched for:" in panel and POMP in panel.split("Also retrieved")[0]
+
+
+# ---------------------------------------------------------------- errors stay readable
+
+
+def test_empty_question_is_a_readable_message(client):
+    answer, sources = ask(client, "   ")
+    assert answer.startswith("⚠️ Please type a question")
+    assert sources == []
+    _, chat, _ = client.predict("", [], "stub", 5, api_name="/chat")
+    assert [m["role"] for m in chat] == ["assistant"]
+    assert "Please type a question" in chat[0]["content"][0]["text"]
+
+
+def test_too_long_question_is_a_readable_message(client):
+    answer, _ = ask(client, "unlearning " * 1000)
+    assert "characters long; the limit is" in answer
+
+
+def test_missing_key_is_a_readable_message(client):
+    answer, _ = ask(client, QUESTIONS[0][0], model="openai:gpt-4o-mini")
+    assert answer.startswith("⚠️") and "OPENAI_API_KEY" in answer
+    assert "Traceback" not in answer
+
+
+def test_unknown_model_spec_is_a_readable_message(client):
+    answer, _ = ask(client, QUESTIONS[0][0], model="gpt-5-please")
+    assert "Unknown model spec" in answer and "valid forms" in answer
+
+
+def test_dead_server_is_readable_and_keeps_the_key_secret(client, monkeypatch):
+    secret = "sk-test-0123456789abcdefSECRET"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
+    monkeypatch.setenv("QA_MAX_RETRIES", "0")
+    get_settings.cache_clear()
+    for spec in ("openai:gpt-4o-mini", f"ollama:llama3.2@http://127.0.0.1:{free_port()}/v1"):
+        answer, sources = ask(client, QUESTIONS[0][0], model=spec)
+        assert "Cannot reach the model server" in answer, answer
+        assert secret not in answer and secret not in str(sources)
+    answer, _ = ask(client, QUESTIONS[0][0])  # the app is still usable
+    assert VOICE_BACKDOOR in answer
+
+
+def test_index_unavailable_is_readable(client, monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the index directory should be")
+    monkeypatch.setenv("QA_PERSIST_DIR", str(blocker))
+    get_settings.cache_clear()
+    answer, sources = ask(client, QUESTIONS[0][0])
+    assert answer.startswith("⚠️ The paper index is unavailable"), answer
+    assert sources == []
+
+
+# ---------------------------------------------------------------- load
+
+
+def test_ten_concurrent_clients_all_get_answers(app_url):
+    def one(question: str) -> tuple[str, list]:
+        return ask(Client(app_url, verbose=False), question)
+
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(one, [q for q, _ in QUESTIONS]))
+    for (question, expected), (answer, sources) in zip(QUESTIONS, results, strict=True):
+        assert "https://arxiv.org/abs/" in answer, question
+        assert sources, question
+        if expected:
+            assert expected in cited_ids(sources), question
+
+
+def _sessions(n: int) -> list[tuple[str, str]]:
+    """(arxiv_id, title) of n papers spread over the index, one per chat session."""
+    index = open_index(get_settings())
+    got = index.collection.get(where={"chunk": 0}, include=["metadatas"])
+    papers = sorted(
+        (m["arxiv_id"], m["title"]) for m in got["metadatas"] if m["arxiv_id"] and m["title"]
+    )
+    step = len(papers) // n
+    return papers[::step][:n]
+
+
+def test_twenty_concurrent_sessions_keep_their_own_history(app_url):
+    """Issue 6 #15: 20 sessions at once, each answered exactly as if it had been alone."""
+    from qa.chain import ask as ask_directly
+    from qa.citations import render_markdown
+
+    follow_up = "What did they evaluate it on?"
+    histories = [
+        [
+            {"role": "user", "content": f"Tell me about the paper {title!r}."},
+            {"role": "assistant", "content": f"That paper is [arXiv:{arxiv_id}]."},
+        ]
+        for arxiv_id, title in _sessions(20)
+    ]
+
+    def session(history: list[dict]) -> tuple[str, list]:
+        return ask(Client(app_url, verbose=False), follow_up, history)
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(session, histories))
+    for history, (answer, sources) in zip(histories, results, strict=True):
+        own = history[1]["content"].removeprefix("That paper is [arXiv:").rstrip("].")
+        assert sources[0]["arxiv_id"] == own, "the follow-up is about this session's paper"
+        alone = ask_directly(follow_up, history, "stub", k=5)
+        assert answer == render_markdown(alone.text)
+        assert [s["arxiv_id"] for s in sources] == [h.paper.arxiv_id for h in alone.sources]
+
+
+class HangingServer:
+    """A loopback socket that accepts connections and never answers: a stuck model server."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.accepted = threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            self.accepted.set()
+
+    def close(self) -> None:
+        for conn in [*self.conns, self.sock]:
+            conn.close()
+
+
+def test_a_long_answer_does_not_block_others(app_url, monkeypatch):
+    monkeypatch.setenv("QA_REQUEST_TIMEOUT", "8")
+    monkeypatch.setenv("QA_MAX_RETRIES", "0")
+    get_settings.cache_clear()
+    server = HangingServer()
+    try:
+        slow = Client(app_url, verbose=False).submit(
+            QUESTIONS[0][0],
+            [],
+            f"openai-compatible:slow@http://127.0.0.1:{server.port}/v1",
+            5,
+            api_name="/ask",
+        )
+        assert server.accepted.wait(30), "the slow answer reached its model server"
+        start = time.monotonic()
+        answer, _ = ask(Client(app_url, verbose=False), QUESTIONS[1][0])
+        assert POMP in answer
+        assert time.monotonic() - start < 6
+        assert not slow.done(), "the slow answer was still running meanwhile"
+        slow_answer, _ = slow.result(timeout=60)
+    finally:
+        server.close()
+    assert slow_answer.startswith("⚠️") and "within 8 s" in slow_answer
+
+
+# ---------------------------------------------------------------- helpers (no server)
+
+
+def test_inert_markdown_escapes_html_and_links_but_keeps_markers():
+    text = (
+        "Bad <img src=x onerror=alert(1)> and <script>alert(2)</script> "
+        "[click](javascript:alert(3)) ![p](http://x/p.png) \\[ok\\] [arXiv:2306.15875]."
+    )
+    shown = app.inert_markdown(text)
+    assert "<" not in shown.replace("&lt;", "")
+    assert "[click]" not in shown and "![p]" not in shown
+    assert "[arXiv:2306.15875](https://arxiv.org/abs/2306.15875)" in shown
+    assert app.plain_text(shown) == text
+
+
+def test_plain_history_drops_placeholders_and_notices():
+    chat = [
+        {"role": "user", "content": [{"type": "text", "text": "What is POMP?"}]},
+        {"role": "assistant", "content": app.THINKING},
+        {"role": "assistant", "content": "⚠️ Cannot reach the model server"},
+        {"role": "system", "content": "ignored"},
+        {"role": "assistant", "content": app.inert_markdown("It is [arXiv:2304.04704] a & b.")},
+    ]
+    assert app.plain_history(chat) == [
+        {"role": "user", "content": "What is POMP?"},
+        {"role": "assistant", "content": "It is [arXiv:2304.04704] a & b."},
+    ]
+
+
+def test_sources_html_escapes_everything_from_abstracts():
+    from qa.chain import Answer
+    from qa.corpus import Paper
+    from qa.retrieval import Hit
+
+    bad = Paper("2401.00001", "2401.00001", "<img src=x onerror=alert(1)>", "abstract")
+    hit = Hit(bad, 0.9, "<script>alert(2)</script> ${alert(3)} {{x}}")
+    panel = app.sources_html(Answer(text="t", question="q", sources=[hit]))
+    assert "<img" not in panel and "<script" not in panel
+    assert "${" not in panel and "{{" not in panel
+    assert "&lt;img src=x onerror=alert(1)&gt;" in panel
+    assert "not cited" in panel
+
+
+def test_launch_options_bind_loopback_and_parse_auth():
+    options = app.launch_options(Settings())
+    assert options["server_name"] == "127.0.0.1" and options["server_port"] == 7860
+    assert options["auth"] is None
+    assert app.launch_options(Settings(auth="ann:pa:ss"))["auth"] == ("ann", "pa:ss")
+    with pytest.raises(ValueError, match="user:password"):
+        app.parse_auth("no-colon")
+
+
+def test_redact_hides_url_credentials():
+    spec = "openai-compatible:m@http://bob:hunter2@127.0.0.1:8000/v1"
+    assert app.redact(spec) == "openai-compatible:m@http://127.0.0.1:8000/v1"
+
+
+# ---------------------------------------------------------------- `python app.py` with a login
+
+
+def _wait_for_http(url: str, proc: subprocess.Popen, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"app.py exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return  # the server answered (a refusal is an answer)
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not come up within {seconds} s")
+
+
+def _status(url: str, data: bytes | None = None) -> int:
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.fixture(scope="module")
+def served_with_login(tmp_path_factory):
+    """`python app.py` with QA_AUTH, on a fresh index dir: builds the index, then serves."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "QA_PERSIST_DIR": str(tmp_path_factory.mktemp("login-index")),
+        "QA_PORT": str(port),
+        "QA_AUTH": "alice:s3cret:pw",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
+    for name in ("QA_HOST", "QA_CHROMA_URL", "QA_MODEL", "OPENAI_API_KEY"):
+        env.pop(name, None)
+    log = tmp_path_factory.mktemp("login-log") / "app.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=out, stderr=out
+        )
+        try:
+            _wait_for_http(f"http://127.0.0.1:{port}/", proc, 180)
+            yield f"http://127.0.0.1:{port}/", log
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def test_python_app_py_builds_the_index_and_serves_on_loopback(served_with_login):
+    url, log = served_with_login
+    output = log.read_text(errors="replace")
+    assert "indexing" in output and "517/517" in output, "a visible progress bar"
+    assert f"serving on {url.rstrip('/')} (login required)" in output
+
+
+def test_login_refuses_unauthenticated_calls(served_with_login):
+    url, _ = served_with_login
+    assert _status(url + "config") in (401, 403)
+    body = b'{"data": ["What is POMP?", [], "stub", 5]}'
+    assert _status(url + "gradio_api/call/ask", body) in (401, 403)
+    assert _status(url + "gradio_api/info") in (401, 403)
+    with pytest.raises(Exception):  # noqa: B017 - gradio_client raises different types
+        Client(url, verbose=False).predict("What is POMP?", [], "stub", 5, api_name="/ask")
+
+
+def test_login_admits_the_configured_user(served_with_login):
+    url, _ = served_with_login
+    with pytest.raises(Exception):  # noqa: B017
+        Client(url, auth=("alice", "wrong"), verbose=False)
+    client = Client(url, auth=("alice", "s3cret:pw"), verbose=False)
+    answer, sources = ask(client, "What is POMP?")
+    assert POMP in answer and sources
