@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 import numpy as np
@@ -53,9 +54,15 @@ class Chunk:
     metadata: dict
 
 
-def paper_hash(paper: Paper) -> str:
-    """Hash of everything a chunk is made from: a change means re-chunking the paper."""
-    parts = [paper.arxiv_id or "", paper.title, paper.abstract, ",".join(paper.sources)]
+def paper_hash(paper: Paper, max_tokens: int | None = None) -> str:
+    """Hash of everything a paper's chunks are made from: a change means re-chunking it.
+
+    The seed files a paper came from are not part of it: ingesting a duplicate of a file
+    only adds its name to the stored `sources` (a metadata update, nothing re-embedded).
+    """
+    parts = [paper.key, paper.arxiv_id or "", paper.title, paper.abstract, paper.comment]
+    if max_tokens is not None:  # chunk boundaries depend on the window
+        parts.append(str(max_tokens))
     return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()[:16]
 
 
@@ -63,8 +70,9 @@ def chunk_paper(
     paper: Paper, max_tokens: int, length: Callable[[str], int] = token_length
 ) -> list[Chunk]:
     """Title + abstract slices, each within `max_tokens` of the embedding model."""
-    title_tokens = length(paper.title) if paper.title else 0
-    budget = max(48, max_tokens - title_tokens - 4)
+    title = _title_prefix(paper.title, max_tokens, length)
+    title_tokens = length(title) if title else 0
+    budget = max(8, max_tokens - title_tokens - 4)
     splitter = RecursiveCharacterTextSplitter(
         chunk_size=budget,
         chunk_overlap=budget // 6,
@@ -73,7 +81,7 @@ def chunk_paper(
         keep_separator="end",
     )
     pieces = splitter.split_text(paper.abstract) or [paper.abstract]
-    digest = paper_hash(paper)
+    digest = paper_hash(paper, max_tokens)
     base = {
         "key": paper.key,
         "arxiv_id": paper.arxiv_id or "",
@@ -87,9 +95,29 @@ def chunk_paper(
         meta = dict(base, chunk=i)
         if i == 0:  # the full record lives once, on the first chunk
             meta.update(abstract=paper.abstract, comment=paper.comment)
-        text = f"{paper.title}\n{piece.strip()}" if paper.title else piece.strip()
+        text = f"{title}\n{piece.strip()}" if title else piece.strip()
         chunks.append(Chunk(f"{paper.key}#{i}", text, meta))
     return chunks
+
+
+def _title_prefix(title: str, max_tokens: int, length: Callable[[str], int]) -> str:
+    """The title as prepended to chunks: whole, unless it would take over half the window.
+
+    A freak "title" (a mis-parsed paragraph) must not push chunks past the model's window,
+    where the embedding would silently truncate them.
+    """
+    cap = max(1, max_tokens // 2)
+    if not title or length(title) <= cap:
+        return title
+    kept: list[str] = []
+    for word in title.split():
+        if length(" ".join([*kept, word])) > cap:
+            break
+        kept.append(word)
+    text = " ".join(kept) or title[:cap]
+    while text and length(text) > cap:  # one enormous "word"
+        text = text[: len(text) * 3 // 4]
+    return text
 
 
 def paper_from_metadata(meta: dict) -> Paper:
@@ -194,6 +222,7 @@ def make_client(settings: Settings) -> chromadb.ClientAPI:
                 ssl=url.scheme == "https",
                 settings=_chroma_settings(),
             )
+        _check_store_files(Path(settings.persist_dir))
         settings.persist_dir.mkdir(parents=True, exist_ok=True)
         return chromadb.PersistentClient(
             path=str(settings.persist_dir), settings=_chroma_settings()
@@ -201,13 +230,64 @@ def make_client(settings: Settings) -> chromadb.ClientAPI:
     except IndexUnavailable:
         raise
     except Exception as exc:  # chromadb raises many kinds; the user needs one message
+        if not settings.chroma_url:
+            _discard_chroma_system(str(settings.persist_dir))
         raise IndexUnavailable(unavailable_message(settings, exc)) from exc
+
+
+def _discard_chroma_system(identifier: str) -> None:
+    """Forget the half-started system a failed PersistentClient leaves in Chroma's cache.
+
+    Chroma caches one system per path before starting it; when starting fails (a corrupted
+    database) the broken system stays cached and every later client for that path, even
+    after `qa ingest --rebuild` has replaced the files, fails with "no attribute 'bindings'".
+    """
+    try:
+        from chromadb.api.shared_system_client import SharedSystemClient
+    except ImportError:  # pragma: no cover - a chromadb without the shared cache
+        return
+    with SharedSystemClient._refcount_lock:
+        if SharedSystemClient._identifier_to_refcount.get(identifier, 0) > 0:
+            return  # a working client still uses it
+        system = SharedSystemClient._identifier_to_system.pop(identifier, None)
+    if system is not None:
+        try:
+            system.stop()
+        except Exception as exc:
+            log.debug("stopping a broken Chroma system: %s", exc)
+
+
+STORE_FILE = "chroma.sqlite3"
+KEPT_FILES = {"resolved.tsv"}  # user data that lives beside the store and survives a rebuild
+
+
+def _check_store_files(path: Path) -> None:
+    """An embedded store whose segment folders remain but whose database is gone is damaged.
+
+    Chroma would silently start an empty database next to the orphaned vectors; say so instead.
+    (A missing or empty folder is simply "no index yet" and gets built on first use.)
+    """
+    if not path.is_dir() or (path / STORE_FILE).exists():
+        return
+    leftovers = [c.name for c in path.iterdir() if c.name not in KEPT_FILES]
+    if leftovers:
+        raise IndexUnavailable(
+            f"cannot use the index at {path} (QA_PERSIST_DIR): {STORE_FILE} is missing but "
+            f"{len(leftovers)} other index file(s) remain; run `qa ingest --rebuild` to rebuild it"
+        )
+
+
+def _server_hint(url: str) -> str:
+    parsed = urlparse(url)
+    host = parsed.hostname or "127.0.0.1"
+    port = parsed.port or (443 if parsed.scheme == "https" else 8000)
+    return f"is the server running (`chroma run --path <dir> --host {host} --port {port}`)?"
 
 
 def unavailable_message(settings: Settings, exc: BaseException) -> str:
     what = _describe_location(settings)
     hint = (
-        "is the server running (`chroma run --host 127.0.0.1 --port 8000`)?"
+        _server_hint(settings.chroma_url)
         if settings.chroma_url
         else "run `qa ingest --rebuild` to rebuild it"
     )
@@ -226,13 +306,13 @@ class Index:
         self.lock = threading.RLock()
         self.store = self._open_store()
 
-    def _open_store(self) -> Chroma:
+    def _open_store(self, revision: int = 0) -> Chroma:
         try:
             return Chroma(
                 collection_name=self.settings.collection,
                 embedding_function=self.embeddings,
                 client=self.client,
-                collection_metadata={"embedding_model": self.model_id, "revision": 0},
+                collection_metadata={"embedding_model": self.model_id, "revision": revision},
                 collection_configuration={"hnsw": {"space": "cosine"}},
             )
         except Exception as exc:
@@ -271,19 +351,39 @@ class Index:
         meta["embedding_model"] = self.model_id
         self.call(self.collection.modify, metadata=meta)
 
-    def existing_hashes(self) -> dict[str, tuple[str, int, int]]:
-        """key → (paper_hash, chunks present, chunks expected) for what Chroma holds."""
-        seen: dict[str, tuple[str, int, int]] = {}
+    def existing_hashes(self) -> dict[str, Stored]:
+        """key → (paper_hash, chunks present, chunks expected, sources) for what Chroma holds."""
+        seen: dict[str, Stored] = {}
         total = self.count()
         for offset in range(0, total, 5000):
             got = self.call(self.collection.get, include=["metadatas"], limit=5000, offset=offset)
             for meta in got["metadatas"]:
                 key = meta["key"]
-                digest, present, _ = seen.get(key, (meta["paper_hash"], 0, 0))
-                if digest != meta["paper_hash"]:
-                    digest = "mixed"
-                seen[key] = (digest, present + 1, int(meta["n_chunks"]))
+                sources = tuple(s for s in str(meta.get("sources", "")).split(",") if s)
+                old = seen.get(key)
+                if old is None:
+                    old = Stored(meta["paper_hash"], 0, int(meta["n_chunks"]), sources)
+                digest = old.digest if old.digest == meta["paper_hash"] else "mixed"
+                expected = max(old.expected, int(meta["n_chunks"]))
+                if old.sources != sources:
+                    digest = "mixed"  # an interrupted metadata update: redo the paper
+                seen[key] = Stored(digest, old.present + 1, expected, old.sources)
         return seen
+
+    def all_papers(self) -> list[Paper]:
+        """Every paper the collection holds (from first chunks), e.g. to re-embed them."""
+        papers: list[Paper] = []
+        total = self.count()
+        for offset in range(0, total, 5000):
+            got = self.call(
+                self.collection.get,
+                where={"chunk": 0},
+                include=["metadatas"],
+                limit=5000,
+                offset=offset,
+            )
+            papers += [paper_from_metadata(m) for m in got["metadatas"]]
+        return papers
 
     def papers(self, keys: Sequence[str]) -> dict[str, Paper]:
         """Full records for paper keys, from their first chunks."""
@@ -293,13 +393,40 @@ class Index:
         return {m["key"]: paper_from_metadata(m) for m in got["metadatas"]}
 
     def drop(self) -> None:
-        """Delete the collection (rebuild, or a change of embedding model)."""
+        """Delete the collection (rebuild, or a change of embedding model).
+
+        The new collection's revision continues the old one's, so a keyword index built from
+        the old collection never mistakes the new one (same revision and count) for it.
+        """
         with self.lock:
+            try:
+                revision = self.revision() + 1
+            except IndexUnavailable:
+                revision = 1
             try:
                 self.client.delete_collection(self.settings.collection)
             except Exception as exc:  # absent already is fine
                 log.debug("delete_collection: %s", exc)
-            self.store = self._open_store()
+            self.store = self._open_store(revision)
+
+    def close(self) -> None:
+        """Release the client (an embedded store's database handles) for good."""
+        close = getattr(self.client, "close", None)
+        if close is None:
+            return
+        try:
+            close()
+        except Exception as exc:  # closing a broken client must not mask the real error
+            log.debug("closing the Chroma client: %s", exc)
+
+
+class Stored(NamedTuple):
+    """What the collection holds for one paper."""
+
+    digest: str  # paper_hash of its chunks ("mixed" if they disagree)
+    present: int  # chunks present
+    expected: int  # chunks the paper was split into (n_chunks)
+    sources: tuple[str, ...]  # seed files it came from
 
 
 # ---------------------------------------------------------------- cached handle
@@ -323,10 +450,24 @@ def open_index(settings: Settings | None = None) -> Index:
         return _INDEXES[key]
 
 
-def forget_indexes() -> None:
-    """Drop cached handles (tests, `--rebuild` of a corrupted store)."""
+def _forget_index(settings: Settings) -> None:
     with _INDEXES_LOCK:
+        index = _INDEXES.pop(_index_key(settings), None)
+    if index is not None:
+        index.close()
+
+
+def forget_indexes() -> None:
+    """Drop cached handles and close their clients (tests, `--rebuild` of a corrupted store).
+
+    Closing matters for embedded stores: Chroma shares one system per path inside a process,
+    and an unclosed one keeps the old (possibly deleted or corrupted) database open.
+    """
+    with _INDEXES_LOCK:
+        indexes = list(_INDEXES.values())
         _INDEXES.clear()
+    for index in indexes:
+        index.close()
 
 
 # ---------------------------------------------------------------- building
@@ -362,11 +503,11 @@ class IngestReport:
 def _wipe_corrupt_store(settings: Settings) -> None:
     """`--rebuild` of an embedded store that cannot even be opened: start from an empty dir."""
     path = Path(settings.persist_dir)
+    forget_indexes()
     if settings.chroma_url or not path.exists():
         return
-    forget_indexes()
     for child in path.iterdir():
-        if child.name == "resolved.tsv":  # the resolve cache is user data, keep it
+        if child.name in KEPT_FILES:  # the resolve cache is user data, keep it
             continue
         if child.is_dir():
             shutil.rmtree(child)
@@ -374,23 +515,37 @@ def _wipe_corrupt_store(settings: Settings) -> None:
             child.unlink()
 
 
-def _open_for_build(settings: Settings, rebuild: bool) -> tuple[Index, str | None]:
+def _open_for_build(settings: Settings, rebuild: bool) -> tuple[Index, str | None, list[Paper]]:
+    """The index to write to, why it was rebuilt (if it was), and papers to carry over."""
+    if rebuild and not settings.chroma_url:
+        # A handle opened earlier in this process may hold a database that has since been
+        # deleted or damaged (Chroma keeps serving it, read-only): look at the files afresh.
+        _forget_index(settings)
     try:
         index = open_index(settings)
+        if rebuild:
+            index.drop()
+            index.count()  # the recreated collection must be usable, not just created
+            return index, "requested", []
     except IndexUnavailable:
         if not rebuild or settings.chroma_url:
             raise
         _wipe_corrupt_store(settings)
-        return open_index(settings), "the old index could not be opened"
-    if rebuild:
-        index.drop()
-        return index, "requested"
+        return open_index(settings), "the old index could not be opened", []
     built_with = index.built_with()
     if built_with and built_with != index.model_id and index.count():
-        log.warning("index built with %s, now using %s: rebuilding", built_with, index.model_id)
+        # Re-embed everything the old collection holds (Chroma is the source of truth, and
+        # papers ingested from the user's own files are not in the seeds), then start over.
+        carried = index.all_papers()
+        log.warning(
+            "index built with %s, now using %s: rebuilding its %d papers",
+            built_with,
+            index.model_id,
+            len(carried),
+        )
         index.drop()
-        return index, f"embedding model changed from {built_with} to {index.model_id}"
-    return index, None
+        return index, f"embedding model changed from {built_with} to {index.model_id}", carried
+    return index, None, []
 
 
 def _progress(total: int, enabled: bool):
@@ -417,17 +572,26 @@ def build_index(
     settings = settings or get_settings()
     start = time.perf_counter()
     papers = list(papers) if papers is not None else load_corpus(settings.seeds_dir)
-    index, rebuilt = _open_for_build(settings, rebuild)
+    index, rebuilt, carried = _open_for_build(settings, rebuild)
+    if carried:
+        given = {p.key for p in papers}
+        papers += [p for p in carried if p.key not in given]
     report = IngestReport(papers=len(papers), rebuilt=rebuilt)
     with index.lock:
         existing = index.existing_hashes()
         todo = []
-        for paper in papers:
+        relabel: list[tuple[Paper, Stored]] = []
+        for paper in _unique(papers):
             have = existing.get(paper.key)
-            if have and have[0] == paper_hash(paper) and have[1] == have[2]:
+            digest = paper_hash(paper, settings.chunk_tokens)
+            if have and have.digest == digest and have.present == have.expected:
                 report.unchanged += 1
+                if not set(paper.sources) <= set(have.sources):
+                    relabel.append((paper, have))
             else:
                 todo.append((paper, have))
+        if relabel:
+            _merge_sources(index, relabel)
         embedder = CachedEmbeddings(index.embeddings, index.model_id)
         with _progress(len(todo), progress) as bar:
             for batch in _batches(todo, WRITE_BATCH):
@@ -437,11 +601,33 @@ def build_index(
             _prune(index, existing, {p.key for p in papers}, report)
         report.vectors_from_cache = embedder.hits
         report.vectors_computed = embedder.computed
-        if report.chunks_written or report.removed or rebuilt:
+        if report.chunks_written or report.removed or rebuilt or relabel:
             index.bump_revision()
     report.seconds = time.perf_counter() - start
     log.info("ingest: %s", report.summary())
     return report
+
+
+def _unique(papers: list[Paper]) -> list[Paper]:
+    """One paper per key (the last one given wins), so a batch never upserts an ID twice."""
+    return list({p.key: p for p in papers}.values())
+
+
+def _merge_sources(index: Index, relabel: list[tuple[Paper, Stored]]) -> None:
+    """Add the names of files that repeat stored papers to their chunks' `sources`."""
+    ids: list[str] = []
+    metadatas: list[dict] = []
+    for paper, have in relabel:
+        merged = ",".join(dict.fromkeys([*have.sources, *paper.sources]))
+        for i in range(have.expected):
+            ids.append(f"{paper.key}#{i}")
+            metadatas.append({"sources": merged})
+    for start in range(0, len(ids), 1000):
+        index.call(
+            index.collection.update,
+            ids=ids[start : start + 1000],
+            metadatas=metadatas[start : start + 1000],
+        )
 
 
 def _batches(todo: list, max_chunks: int) -> Iterable[list]:
@@ -464,7 +650,7 @@ def _write_batch(index: Index, embedder: Embeddings, batch: list, report: Ingest
         chunks += new
         if have:
             report.updated += 1
-            stale += [f"{paper.key}#{i}" for i in range(len(new), max(have[1], have[2]))]
+            stale += [f"{paper.key}#{i}" for i in range(len(new), max(have.present, have.expected))]
         else:
             report.added += 1
     if stale:
