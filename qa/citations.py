@@ -11,7 +11,11 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from qa.corpus import ARXIV_ID, Paper
+from qa.corpus import ARXIV_ID as _CORPUS_ID
+from qa.corpus import Paper
+
+# In running text an ID ends at a non-digit (corpus files may glue the next abstract to it).
+ARXIV_ID = rf"(?:{_CORPUS_ID})(?!\d)"
 
 _ONE = rf"(?:arXiv:\s*)?(?:{ARXIV_ID})(?:v\d+)?|ref:\s*h[0-9a-f]{{12}}"
 # A bracketed group of one or more references, or a bare `arXiv:ID` in running text.
@@ -112,7 +116,10 @@ class StreamGuard:
         bare = text.lower().rfind("arxiv")
         if bare >= 0 and re.match(rf"arXiv:\s*{ARXIV_ID}(?:v\d+)?\W", text[bare:], re.I):
             bare = -1  # a finished bare reference
-        held = [i for i in (opener, bare) if i >= 0 and len(text) - i < self.HOLD]
+        partial = next(  # "…ar" might become "arXiv:…" in the next chunk
+            (len(text) - n for n in range(5, 0, -1) if text[-n:].lower() == "arxiv"[:n]), -1
+        )
+        held = [i for i in (opener, bare, partial) if i >= 0 and len(text) - i < self.HOLD]
         return min(held, default=len(text))
 
     def _emit(self, text: str) -> Iterator[str]:
