@@ -653,14 +653,20 @@ def _score(question: str, papers: list[_Paper]) -> list[_Pick]:
     if not wanted or not rows:
         return []
     df = Counter(t for *_, terms in rows for t in terms & wanted)
-    idf = {t: math.log(1 + len(rows) / df[t]) if df[t] else math.log(1 + len(rows)) for t in wanted}
+    # Words no abstract in the context contains cannot be covered by any sentence, so the
+    # share is taken of the question's coverable weight (a paraphrase uses other words).
+    idf = {t: math.log(1 + len(rows) / df[t]) for t in wanted if df[t]}
     total = sum(idf.values())
+    if not total:
+        return []
     picks = []
+    need = min(2, len(wanted))  # one shared word ("recipe") is not an answer
     for paper, i, sentence, terms in rows:
-        overlap = sum(idf[t] for t in terms & wanted)
-        if overlap / total < 0.3:
+        matched = terms & wanted
+        overlap = sum(idf.get(t, 0.0) for t in matched)
+        if overlap / total < 0.3 or len(matched & idf.keys()) < need:
             continue
-        title = sum(idf[t] for t in set(_terms(paper.title)) & wanted)
+        title = sum(idf.get(t, 0.0) for t in set(_terms(paper.title)) & wanted)
         order = 0.05 * (len(papers) - paper.rank) / len(papers)
         picks.append(_Pick(paper, i, sentence, overlap + 0.25 * title + order))
     return picks
@@ -753,8 +759,21 @@ def condense(prompt: str) -> str:
     return " ".join(part for part in [last, *words, *markers] if part)
 
 
-def _answer(papers: list[_Paper], question: str, most: int, per_paper: int) -> list[_Pick]:
-    return _select(_score(question, papers), most, per_paper)
+def _answer(
+    papers: list[_Paper], question: str, most: int, per_paper: int, focus: set[str]
+) -> list[_Pick]:
+    """Best sentences; in a follow-up, from the papers the last answer cited if they have any."""
+    picks = _score(question, papers)
+    focused = [p for p in picks if p.paper.marker in focus]
+    return _select(focused or picks, most, per_paper)
+
+
+def _cited_before(messages: list[BaseMessage]) -> set[str]:
+    """Markers of the most recent earlier answer: the papers a follow-up is about."""
+    for message in reversed(messages[:-1]):
+        if isinstance(message, AIMessage):
+            return set(_CITED.findall(message.text))
+    return set()
 
 
 def _last_human(messages: list[BaseMessage]) -> str:
@@ -791,7 +810,8 @@ class StubChatModel(BaseChatModel):
         if schema is None and "Standalone question:" in prompt:
             return condense(prompt)
         parsed = _parse_answer_prompt(prompt)
-        picks = _answer(*parsed, self.max_sentences, self.per_paper) if parsed else []
+        focus = _cited_before(messages)
+        picks = _answer(*parsed, self.max_sentences, self.per_paper, focus) if parsed else []
         if schema is not None:
             return _structured_answer(picks, schema)
         if not picks:
