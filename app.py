@@ -57,6 +57,11 @@ _LINKED_MARKER = re.compile(rf"\[arXiv:({ARXIV_ID})\]\(https://arxiv\.org/abs/[^
 _MD_SPECIAL = re.compile(r"([\\\[\]])")
 _MD_ESCAPED = re.compile(r"\\([\\\[\]])")
 _URL_USERINFO = re.compile(r"(https?://)[^/@\s]+@")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
+_STOP = frozenset(
+    {"the", "and", "for", "with", "that", "this", "from", "are", "was", "were", "what", "which"}
+    | {"how", "does", "did", "they", "their", "its", "into", "can", "use", "using", "about"}
+)
 
 SOURCES_CSS = """
 .qa-sources { font-size: 0.92rem; line-height: 1.45; padding: 0 0.4rem; }
@@ -67,7 +72,7 @@ SOURCES_CSS = """
 .qa-sources .qa-title { font-weight: 600; }
 .qa-sources .qa-id a { color: var(--link-text-color, #2563eb); text-decoration: underline; }
 .qa-sources .qa-snippet { display: block; margin: 0.25rem 0 0; padding-left: 0.6rem;
-  border-left: 3px solid var(--border-color-primary); color: var(--body-text-color-subdued); }
+  border-left: 3px solid var(--border-color-primary); font-size: 0.88rem; }
 .qa-sources .qa-uncited { opacity: 0.8; }
 .qa-sources .qa-badge { font-size: 0.75rem; padding: 0 0.35rem; border-radius: 0.3rem;
   border: 1px solid var(--border-color-primary); color: var(--body-text-color-subdued); }
@@ -127,14 +132,36 @@ def redact(spec: str) -> str:
     return _URL_USERINFO.sub(r"\1", spec)
 
 
-def _snippet(text: str) -> str:
-    text = " ".join(text.split())
-    if len(text) <= SNIPPET_CHARS:
-        return text
-    return text[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " …"
+def _terms(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9][a-z0-9-]{2,}", text.lower()) if w not in _STOP}
 
 
-def _paper_html(hit: Hit, cited: bool) -> str:
+def _snippet(text: str, query: str) -> str:
+    """The part of a matched chunk worth reading: the sentence sharing most words with the
+    question, widened with its neighbours up to SNIPPET_CHARS ("…" marks what was cut)."""
+    sentences = _SENTENCE_END.split(" ".join(text.split()))
+    if len(" ".join(sentences)) <= SNIPPET_CHARS:
+        return " ".join(sentences)
+    wanted = _terms(query)
+    best = max(range(len(sentences)), key=lambda i: (len(_terms(sentences[i]) & wanted), -i))
+    start, end = best, best + 1
+    for grown in _widenings(len(sentences), start, end):
+        if len(" ".join(sentences[grown[0] : grown[1]])) <= SNIPPET_CHARS:
+            start, end = grown
+    shown = " ".join(sentences[start:end])
+    if len(shown) > SNIPPET_CHARS:
+        shown, end = shown[:SNIPPET_CHARS].rsplit(" ", 1)[0], len(sentences) + 1
+    return ("… " if start else "") + shown + (" …" if end < len(sentences) else "")
+
+
+def _widenings(n: int, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """Ever wider windows around a sentence: the next one first (context reads forward)."""
+    for step in range(1, n):
+        yield start, min(n, end + step)
+        yield max(0, start - step), min(n, end + step)
+
+
+def _paper_html(hit: Hit, cited: bool, query: str) -> str:
     paper = hit.paper
     if paper.arxiv_id:
         url = esc(f"https://arxiv.org/abs/{paper.arxiv_id}")
@@ -149,7 +176,7 @@ def _paper_html(hit: Hit, cited: bool) -> str:
         f'<li class="{"qa-cited" if cited else "qa-uncited"}">'
         f'<span class="qa-title">{esc(paper.title or "(untitled)")}</span><br>'
         f'<span class="qa-id">{ident}</span>{badge}'
-        f'<div class="qa-snippet">{esc(_snippet(hit.snippet))}</div></li>'
+        f'<div class="qa-snippet">{esc(_snippet(hit.snippet, query))}</div></li>'
     )
 
 
@@ -167,17 +194,18 @@ def sources_html(answer: Answer | None) -> str:
         key=lambda h: cited_keys.index(h.paper.key),
     )
     other = [h for h in answer.sources if h.paper.key not in cited_keys]
+    query = answer.standalone_question or answer.question
     parts = ['<div class="qa-sources">']
     if answer.standalone_question and answer.standalone_question != answer.question:
         parts.append(f'<p class="qa-query">Searched for: {esc(answer.standalone_question)}</p>')
     parts.append(f"<h4>Cited papers ({len(cited)})</h4>")
     if cited:
-        parts += ["<ol>", *(_paper_html(h, True) for h in cited), "</ol>"]
+        parts += ["<ol>", *(_paper_html(h, True, query) for h in cited), "</ol>"]
     else:
         parts.append('<p class="qa-empty">The answer cites none of the retrieved papers.</p>')
     if other:
         parts.append(f"<h4>Also retrieved, not cited ({len(other)})</h4>")
-        parts += ["<ol>", *(_paper_html(h, False) for h in other), "</ol>"]
+        parts += ["<ol>", *(_paper_html(h, False, query) for h in other), "</ol>"]
     parts.append("</div>")
     return "".join(parts)
 
