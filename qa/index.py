@@ -304,6 +304,9 @@ class Index:
         self.model_id: str = getattr(self.embeddings, "model_id", type(self.embeddings).__name__)
         self.client = make_client(settings)
         self.lock = threading.RLock()
+        # Writes made through this handle: a reader in the same process (the keyword index)
+        # can see its own process's changes at once, without a round-trip to Chroma.
+        self.writes = 0
         self.store = self._open_store()
 
     def _open_store(self, revision: int = 0) -> Chroma:
@@ -345,7 +348,11 @@ class Index:
     def count(self) -> int:
         return self.call(self.collection.count)
 
+    def note_write(self) -> None:
+        self.writes += 1
+
     def bump_revision(self) -> None:
+        self.note_write()
         meta = self.metadata()
         meta["revision"] = int(meta.get("revision", 0)) + 1
         meta["embedding_model"] = self.model_id
@@ -408,6 +415,7 @@ class Index:
             except Exception as exc:  # absent already is fine
                 log.debug("delete_collection: %s", exc)
             self.store = self._open_store(revision)
+            self.note_write()
 
     def close(self) -> None:
         """Release the client (an embedded store's database handles) for good."""
@@ -615,6 +623,7 @@ def _unique(papers: list[Paper]) -> list[Paper]:
 
 def _merge_sources(index: Index, relabel: list[tuple[Paper, Stored]]) -> None:
     """Add the names of files that repeat stored papers to their chunks' `sources`."""
+    index.note_write()
     ids: list[str] = []
     metadatas: list[dict] = []
     for paper, have in relabel:
@@ -653,6 +662,7 @@ def _write_batch(index: Index, embedder: Embeddings, batch: list, report: Ingest
             stale += [f"{paper.key}#{i}" for i in range(len(new), max(have.present, have.expected))]
         else:
             report.added += 1
+    index.note_write()
     if stale:
         index.call(index.collection.delete, ids=stale)
     vectors = embedder.embed_documents([c.text for c in chunks])
@@ -668,6 +678,8 @@ def _write_batch(index: Index, embedder: Embeddings, batch: list, report: Ingest
 
 def _prune(index: Index, existing: dict, keep: set[str], report: IngestReport) -> None:
     gone = [key for key in existing if key not in keep]
+    if gone:
+        index.note_write()
     for key in gone:
         n = max(existing[key][1], existing[key][2])
         index.call(index.collection.delete, ids=[f"{key}#{i}" for i in range(n)])

@@ -1,0 +1,346 @@
+"""qa.retrieve on the bundled seeds (indexed once per session, embedded and on a real Chroma
+server): known papers first, each mode, Hit invariants, pinned arXiv IDs, and a keyword index
+that follows what Chroma holds."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from functools import lru_cache
+
+import pytest
+
+pytest.register_assert_rewrite("chroma_server")
+
+from chroma_server import reset_qa_caches  # noqa: E402
+
+import qa  # noqa: E402
+from qa.config import get_settings  # noqa: E402
+from qa.corpus import Paper  # noqa: E402
+from qa.index import build_index, open_index  # noqa: E402
+
+pytest_plugins = ["chroma_server"]
+
+MODES = ["hybrid", "keyword", "dense"]
+
+# Questions in our own words (not the titles'), each about one bundled paper.
+KNOWN = [
+    ("Can converting someone's voice be used to plant hidden triggers in audio classifiers?",
+     "2306.15875"),
+    ("What is POMP?", "2304.04704"),
+    ("Which method reduces the clean-accuracy loss of adversarial training by distilling "
+     "from several teachers?", "2306.16170"),
+    ("How can an agent grow a library of skills on its own with guidance from a language "
+     "model?", "2310.10021"),
+    ("speeding up active learning by not retraining from scratch each round", "2305.06408"),
+]  # fmt: skip
+
+
+@pytest.fixture(params=["embedded", pytest.param("server", marks=pytest.mark.server)])
+def seeded(request, seeded_factory, monkeypatch):
+    """The full seeds index of this mode, selected through the environment."""
+    index = seeded_factory(request.param)
+    index.activate(monkeypatch)
+    return index
+
+
+@lru_cache(maxsize=1)
+def _corpus() -> tuple[Paper, ...]:
+    return tuple(qa.load_corpus())
+
+
+def corpus() -> list[Paper]:
+    """The bundled papers, as copies a test may change."""
+    return [dataclasses.replace(p, sources=list(p.sources)) for p in _corpus()]
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def check_hits(hits, k: int) -> None:
+    """One Hit per paper, best first, each with a real snippet from its paper."""
+    assert len(hits) <= k
+    keys = [h.paper.key for h in hits]
+    assert len(keys) == len(set(keys)), keys
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True), scores
+    for hit in hits:
+        assert 0.0 <= hit.score <= 1.0
+        assert hit.snippet.strip(), hit.paper.key
+        assert hit.paper.abstract and hit.paper.title
+        # the snippet is a slice of the paper's abstract (chunk minus the prepended title)
+        assert _norm(hit.snippet) in _norm(hit.paper.abstract), (hit.paper.key, hit.snippet)
+
+
+# ---------------------------------------------------------------- known papers
+
+
+@pytest.mark.parametrize("question,key", KNOWN, ids=[k for _, k in KNOWN])
+def test_known_paper_comes_first(seeded, question, key):
+    hits = qa.retrieve(question, k=5)
+    check_hits(hits, 5)
+    assert hits[0].paper.key == key, [h.paper.key for h in hits]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_mode_works(seeded, mode):
+    # a paraphrase (no rare words shared): every channel finds it
+    hits = qa.retrieve(KNOWN[0][0], k=5, mode=mode)
+    check_hits(hits, 5)
+    assert hits[0].paper.key == KNOWN[0][1]
+    # a method name: keyword and hybrid rank it first; dense (which misses names) at least
+    # returns well-formed hits
+    hits = qa.retrieve("What is POMP?", k=5, mode=mode)
+    check_hits(hits, 5)
+    if mode != "dense":
+        assert hits[0].paper.key == "2304.04704"
+    assert len(hits) == 5
+
+
+def test_modes_differ_and_hybrid_scores_blend(seeded):
+    question = KNOWN[2][0]
+    by_mode = {mode: qa.retrieve(question, k=5, mode=mode) for mode in MODES}
+    assert all(hits[0].paper.key == KNOWN[2][1] for hits in by_mode.values())
+    top = by_mode["hybrid"][0]
+    assert top.dense > 0.3 and top.keyword > 0.5  # both channels scored the fused winner
+
+
+def test_hit_paper_is_the_full_record(seeded):
+    papers = {p.key: p for p in seeded.papers}
+    for hit in qa.retrieve("backdoor attacks on neural networks", k=8):
+        stored, original = hit.paper, papers[hit.paper.key]
+        assert (stored.arxiv_id, stored.title, stored.abstract, stored.comment) == (
+            original.arxiv_id,
+            original.title,
+            original.abstract,
+            original.comment,
+        )
+        assert stored.url == f"https://arxiv.org/abs/{original.arxiv_id}"
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 50])
+def test_k_papers_returned(seeded, k):
+    hits = qa.retrieve("reinforcement learning with language models", k=k)
+    check_hits(hits, k)
+    assert len(hits) == k
+
+
+def test_snippet_is_the_best_matching_chunk(seeded):
+    # a multi-chunk paper, asked about a detail from its second chunk
+    index = open_index()
+    got = index.collection.get(where={"chunk": 1}, include=["documents", "metadatas"], limit=200)
+    doc, meta = next(
+        (d, m)
+        for d, m in zip(got["documents"], got["metadatas"], strict=True)
+        if m["n_chunks"] == 2
+    )
+    tail = _norm(doc.split("\n", 1)[1])
+    question = " ".join(tail.split()[-25:])  # the chunk's own last words
+    hits = qa.retrieve(question, k=3, mode="keyword")
+    assert hits[0].paper.key == meta["key"]
+    assert question in _norm(hits[0].snippet)
+
+
+# ---------------------------------------------------------------- pinned IDs, odd questions
+
+
+def test_arxiv_marker_pins_the_paper(seeded):
+    # the ID names a speech paper; the words point elsewhere (vision prompts)
+    hits = qa.retrieve("How does arXiv:2306.15875 relate to prompt pre-training for vision?", k=5)
+    check_hits(hits, 5)
+    assert hits[0].paper.key == "2306.15875" and hits[0].pinned
+    assert any(h.paper.key == "2304.04704" for h in hits[1:])  # the words still count
+    assert not any(h.pinned for h in hits[1:])
+
+
+def test_two_markers_pin_both(seeded):
+    hits = qa.retrieve("Compare arXiv:2306.15875 with arXiv:2304.04704", k=5)
+    assert {h.paper.key for h in hits[:2]} == {"2306.15875", "2304.04704"}
+    assert all(h.pinned for h in hits[:2])
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="retrieval bug: only `arXiv:<id>`/`ref:` markers pin; a bare ID, an abs URL or "
+    "'arxiv <id>' in the question is treated as words (and the ID's digits match nothing)",
+)
+@pytest.mark.parametrize(
+    "question",
+    [
+        "What does 2306.15875 propose?",
+        "Summarise https://arxiv.org/abs/2306.15875",
+        "tell me about arxiv 2306.15875",
+    ],
+    ids=["bare", "url", "arxiv-space"],
+)
+def test_other_id_spellings_pin_the_paper(seeded, question):
+    hits = qa.retrieve(question, k=3)
+    assert hits[0].paper.key == "2306.15875" and hits[0].pinned
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="retrieval bug: a pinned ID that is not in the index takes one of the k slots and "
+    "is then dropped, so fewer than k hits come back",
+)
+def test_unknown_pinned_id_does_not_cost_a_slot(seeded):
+    hits = qa.retrieve("arXiv:9999.99999 backdoor attacks", k=3)
+    assert all(h.paper.key != "9999.99999" for h in hits)
+    assert len(hits) == 3
+
+
+def test_unknown_pinned_id_is_ignored(seeded):
+    hits = qa.retrieve("arXiv:9999.99999 speech backdoor via voice conversion", k=3)
+    check_hits(hits, 3)
+    assert hits and hits[0].paper.key == "2306.15875" and not hits[0].pinned
+
+
+@pytest.mark.parametrize("question", ["", "   ", "\n\t \u00a0"], ids=["empty", "spaces", "ws"])
+@pytest.mark.parametrize("mode", MODES)
+def test_empty_question_returns_nothing(seeded, question, mode):
+    assert qa.retrieve(question, k=5, mode=mode) == []
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["\x00 speech backdoor \x07 voice conversion", "音声 speech backdoor 変換", "the of and"],
+    ids=["control-chars", "mixed-script", "stopwords-only"],
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_odd_questions_do_not_break(seeded, question, mode):
+    hits = qa.retrieve(question, k=4, mode=mode)
+    check_hits(hits, 4)
+    if "backdoor" in question:
+        assert hits[0].paper.key == "2306.15875"
+
+
+def test_concurrent_retrieves_agree(seeded):
+    questions = [q for q, _ in KNOWN]
+    expected = {q: [h.paper.key for h in qa.retrieve(q, k=5)] for q in questions}
+    errors: list[BaseException] = []
+    results: list[tuple[str, list[str]]] = []
+
+    def work() -> None:
+        try:
+            for q in questions:
+                results.append((q, [h.paper.key for h in qa.retrieve(q, k=5)]))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert len(results) == 4 * len(questions)
+    for q, keys in results:
+        assert keys == expected[q]
+
+
+# ---------------------------------------------------------------- the keyword index follows Chroma
+
+
+def _paper(word: str) -> Paper:
+    return Paper(
+        key=f"local-{word}",
+        arxiv_id=None,
+        title=f"On {word} in sparse estimators",
+        abstract=f"We introduce {word}, a regulariser for sparse estimators, and study how "
+        f"{word} behaves on noisy tabular data.",
+        sources=["notes.jsonl"],
+    )
+
+
+@pytest.fixture
+def small_index(index_mode):
+    """A small index of the test's own (embedded, or a collection on the shared server)."""
+    papers = [dataclasses.replace(p) for p in corpus()[:12]]
+    build_index(papers, progress=False)
+    return papers
+
+
+def _keys(question: str, mode: str = "keyword") -> list[str]:
+    return [h.paper.key for h in qa.retrieve(question, k=3, mode=mode)]
+
+
+def test_new_paper_is_retrievable_after_the_staleness_window(small_index):
+    from qa.retrieval import STALE_CHECK_SECONDS
+
+    assert _keys("zorbulation") == []  # warm: the keyword index exists
+    build_index([_paper("zorbulation")], progress=False)
+    time.sleep(STALE_CHECK_SECONDS + 0.2)
+    assert _keys("zorbulation") == ["local-zorbulation"]
+    assert _keys("zorbulation regulariser", mode="hybrid")[0] == "local-zorbulation"
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="retrieval bug: KeywordIndex.refresh checks Chroma at most every "
+    "STALE_CHECK_SECONDS, so a paper ingested by this very process is invisible to keyword "
+    "search for up to 2 s (qa.index now counts in-process writes in Index.writes, which the "
+    "refresh can compare at no cost)",
+)
+def test_new_paper_is_retrievable_at_once_in_the_same_process(small_index):
+    _keys("quintaflex")  # warm
+    build_index([_paper("quintaflex")], progress=False)
+    assert _keys("quintaflex") == ["local-quintaflex"]
+
+
+def test_changed_and_removed_papers_follow(small_index):
+    from qa.retrieval import STALE_CHECK_SECONDS
+
+    papers = small_index
+    target = papers[3]
+    assert _keys("glimmerwort") == []
+    changed = dataclasses.replace(target, abstract="Glimmerwort. " + target.abstract)
+    build_index([changed], progress=False)
+    kept = [changed if p.key == target.key else p for p in papers[:6]]
+    build_index(kept, prune=True, progress=False)  # papers[6:] leave the index
+    time.sleep(STALE_CHECK_SECONDS + 0.2)
+    assert _keys("glimmerwort") == [target.key]
+    gone = papers[8]
+    for mode in MODES:
+        assert gone.key not in _keys(gone.title, mode=mode)
+
+
+def test_rebuild_with_the_same_chunk_count_is_noticed(small_index):
+    """After a rebuild the collection may hold as many chunks under the same revision
+    number as before: the keyword index must still notice it is a different collection."""
+    from qa.retrieval import STALE_CHECK_SECONDS
+
+    papers = small_index
+    out = papers[0]
+    swap = None
+    n_out = _chunk_count(out)
+    for donor in corpus()[20:200]:
+        candidate = dataclasses.replace(
+            donor, key="local-swap", arxiv_id=None, abstract="Brambleton. " + donor.abstract
+        )
+        if _chunk_count(candidate) == n_out:
+            swap = candidate
+            break
+    assert swap is not None
+    keep = [p for p in papers if p.key != out.key]
+    before = open_index().count()
+    assert _keys("brambleton") == []
+    build_index([*keep, swap], rebuild=True, progress=False)
+    assert open_index().count() == before
+    time.sleep(STALE_CHECK_SECONDS + 0.2)
+    assert _keys("brambleton") == ["local-swap"]
+
+
+def _chunk_count(paper: Paper) -> int:
+    from qa.index import chunk_paper
+
+    return len(chunk_paper(paper, get_settings().chunk_tokens))
+
+
+def test_keyword_index_survives_a_new_process_view(small_index):
+    """Another process (here: fresh handles) sees the same results."""
+    first = _keys(small_index[0].title, mode="hybrid")
+    reset_qa_caches()
+    assert _keys(small_index[0].title, mode="hybrid") == first
+    assert first[0] == small_index[0].key
