@@ -475,6 +475,7 @@ demo = build_demo()
 def main() -> None:
     """`python app.py`: build the index if it is missing (with a progress bar), then serve."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     settings = get_settings()
     try:
         options = launch_options(settings)

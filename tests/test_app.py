@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client
+from hypothesis import given
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # app.py lives at the project root, outside the `qa` package
@@ -329,6 +331,19 @@ def test_inert_markdown_escapes_html_and_links_but_keeps_markers():
     assert app.plain_text(shown) == text
 
 
+@given(
+    st.lists(
+        st.one_of(
+            st.text(),
+            st.sampled_from(["[arXiv:2306.15875]", "<img src=x>", "\\[", "&amp;", "[a](b)"]),
+        )
+    ).map("".join)
+)
+def test_plain_text_inverts_inert_markdown(text):
+    """The chat shows inert markdown; the history the chain gets back is the original text."""
+    assert app.plain_text(app.inert_markdown(text)) == text
+
+
 def test_plain_history_drops_placeholders_and_notices():
     chat = [
         {"role": "user", "content": [{"type": "text", "text": "What is POMP?"}]},
@@ -355,6 +370,21 @@ def test_sources_html_escapes_everything_from_abstracts():
     assert "${" not in panel and "{{" not in panel
     assert "&lt;img src=x onerror=alert(1)&gt;" in panel
     assert "not cited" in panel
+
+
+def test_status_line_builds_a_missing_index_and_reports_it(tmp_path):
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    rows = [
+        f'{{"arxiv_id": "2401.0000{i}", "title": "Paper {i}", "abstract": "Topic {i} text."}}'
+        for i in range(3)
+    ]
+    (seeds / "tiny.jsonl").write_text("\n".join(rows) + "\n")
+    settings = Settings(persist_dir=tmp_path / "index", seeds_dir=seeds)
+    lines = list(app.index_status(settings))
+    assert lines[0].startswith("Building the paper index")
+    assert lines[-1].startswith("**3** arXiv abstracts indexed")
+    assert list(app.index_status(settings)) == lines[-1:], "built once"
 
 
 def test_launch_options_bind_loopback_and_parse_auth():
