@@ -367,6 +367,12 @@ def _is_csv_header(line: str) -> bool:
     return "abstract" in known or len(known) >= 2
 
 
+def _is_labelled_abstract(line: str) -> bool:
+    """An "Abstract:" line whose text reads as an abstract (a title "Abstract: …" does not)."""
+    cut = label_length(line)
+    return bool(cut) and not is_title_like(line[cut:])
+
+
 def detect_layout(lines: list[str]) -> str | None:
     """Name the layout of a text by looking at its lines; None when none fits."""
     body = [line for _, line in _nonblank(lines)]
@@ -378,15 +384,17 @@ def detect_layout(lines: list[str]) -> str | None:
         return "csv"
     if any(_ID_LINE.match(line) for line in body):
         return "arxiv-glued"
-    prefixed = sum(bool(label_length(line)) for line in body)
+    prefixed = sum(_is_labelled_abstract(line) for line in body)
     if prefixed and prefixed >= (len(body) - 1) / 2:
         return "abstract-prefixed"
-    texts, chrome = strip_chrome(lines)
-    titles = sum(is_title_like(text) for _, text in texts)
-    if not texts or titles == len(texts):
+    body, chrome = strip_chrome(lines)
+    texts = [text for _, text in body]
+    if all(is_title_like(text) for text in texts):
         return None  # nothing but chrome, or only short lines (words, names): no abstracts
-    if chrome or titles * 10 >= len(texts) * 3:
-        return "web-dump"  # about every other line is a title
+    pairs = pair_titles(texts)
+    paired = sum(2 for title, abstract in pairs if title is not None and abstract is not None)
+    if chrome or paired * 10 >= len(texts) * 6:
+        return "web-dump"  # most lines pair up as title + abstract
     return "one-per-line"
 
 
