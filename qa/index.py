@@ -8,6 +8,7 @@ which embedding model built it; a different model means a rebuild, never mixed v
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 VECTOR_CACHE_DIR = PROJECT_ROOT / "seeds" / "vectors"
 WRITE_BATCH = 64  # chunks per upsert; a paper's chunks always go in one call
+CHROMA_TIMEOUT_SECONDS = 60.0  # per request to a Chroma server (large upserts included)
 
 
 class IndexUnavailable(RuntimeError):
@@ -216,12 +218,15 @@ def make_client(settings: Settings) -> chromadb.ClientAPI:
                 raise IndexUnavailable(
                     f"QA_CHROMA_URL={settings.chroma_url!r} is not a URL like http://host:8000"
                 )
-            return chromadb.HttpClient(
+            _heartbeat(settings.chroma_url)
+            client = chromadb.HttpClient(
                 host=url.hostname,
                 port=url.port or (443 if url.scheme == "https" else 8000),
                 ssl=url.scheme == "https",
                 settings=_chroma_settings(),
             )
+            _bound_http_timeout(client)
+            return client
         _check_store_files(Path(settings.persist_dir))
         settings.persist_dir.mkdir(parents=True, exist_ok=True)
         return chromadb.PersistentClient(
@@ -233,6 +238,29 @@ def make_client(settings: Settings) -> chromadb.ClientAPI:
         if not settings.chroma_url:
             _discard_chroma_system(str(settings.persist_dir))
         raise IndexUnavailable(unavailable_message(settings, exc)) from exc
+
+
+def _heartbeat(url: str) -> None:
+    """Ask the server for a heartbeat first: a hung server fails here within the timeout
+    (chromadb's own client would wait forever)."""
+    import urllib.request
+
+    with urllib.request.urlopen(
+        url.rstrip("/") + "/api/v2/heartbeat", timeout=CHROMA_TIMEOUT_SECONDS
+    ) as response:
+        response.read()
+
+
+def _bound_http_timeout(client: chromadb.ClientAPI) -> None:
+    """chromadb's HttpClient sends with `timeout=None`: bound every request instead, so a
+    server that stops answering mid-session becomes an IndexUnavailable, not a hang."""
+    import httpx
+
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if isinstance(session, httpx.Client):
+        session.timeout = httpx.Timeout(CHROMA_TIMEOUT_SECONDS, connect=5.0)
+    else:  # pragma: no cover - a chromadb whose internals moved
+        log.warning("cannot set a timeout on the Chroma HTTP client; requests may hang")
 
 
 def _discard_chroma_system(identifier: str) -> None:
@@ -374,7 +402,8 @@ class Index:
                 expected = max(old.expected, int(meta["n_chunks"]))
                 if old.sources != sources:
                     digest = "mixed"  # an interrupted metadata update: redo the paper
-                seen[key] = Stored(digest, old.present + 1, expected, old.sources)
+                    sources = tuple(dict.fromkeys([*old.sources, *sources]))
+                seen[key] = Stored(digest, old.present + 1, expected, sources)
         return seen
 
     def all_papers(self) -> list[Paper]:
@@ -655,6 +684,11 @@ def _write_batch(index: Index, embedder: Embeddings, batch: list, report: Ingest
     chunks: list[Chunk] = []
     stale: list[str] = []
     for paper, have in batch:
+        if have and not set(have.sources) <= set(paper.sources):
+            # a file's papers keep the names of the other files they also came from
+            paper = dataclasses.replace(
+                paper, sources=list(dict.fromkeys([*have.sources, *paper.sources]))
+            )
         new = chunk_paper(paper, index.settings.chunk_tokens)
         chunks += new
         if have:
@@ -662,10 +696,11 @@ def _write_batch(index: Index, embedder: Embeddings, batch: list, report: Ingest
             stale += [f"{paper.key}#{i}" for i in range(len(new), max(have.present, have.expected))]
         else:
             report.added += 1
-    index.note_write()
-    if stale:
-        index.call(index.collection.delete, ids=stale)
+    # Embed first (the slow part), then write, then remove the tail a shorter version no
+    # longer has: a kill at any point leaves each paper whole or detectably mixed (its chunks'
+    # hashes or counts disagree), and the next run redoes exactly those papers.
     vectors = embedder.embed_documents([c.text for c in chunks])
+    index.note_write()
     index.call(
         index.collection.upsert,
         ids=[c.id for c in chunks],
@@ -673,6 +708,8 @@ def _write_batch(index: Index, embedder: Embeddings, batch: list, report: Ingest
         metadatas=[c.metadata for c in chunks],
         embeddings=vectors,
     )
+    if stale:
+        index.call(index.collection.delete, ids=stale)
     report.chunks_written += len(chunks)
 
 

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -106,12 +107,23 @@ class ChromaServer:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
+        with contextlib.suppress(OSError):
+            proc.send_signal(signal.SIGCONT)  # a paused server could not act on SIGTERM
         proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its port but answers nothing (a hung server)."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):

@@ -621,3 +621,85 @@ def test_server_going_down_mid_session(fresh_chroma_server, monkeypatch):
     # the server comes back (same port, same data): the same process recovers by itself
     server.start(port=server.port)
     assert qa.retrieve(papers[1].title, k=2)[0].paper.key == papers[1].key
+
+
+@pytest.mark.server
+def test_hung_server_times_out_instead_of_hanging(fresh_chroma_server, monkeypatch):
+    """A server that stops answering (SIGSTOP) mid-session: a clear error within the timeout,
+    and the same process recovers once the server answers again."""
+    monkeypatch.setattr(qindex, "CHROMA_TIMEOUT_SECONDS", 2.0)
+    server = fresh_chroma_server
+    use_server(monkeypatch, server.url)
+    papers = small_corpus(4)
+    build_index(papers, progress=False)
+    assert qa.retrieve(papers[0].title, k=1)[0].paper.key == papers[0].key
+
+    server.pause()
+    try:
+        started = time.monotonic()
+        with pytest.raises(IndexUnavailable) as err:
+            qa.retrieve(papers[1].title, k=1)
+        assert time.monotonic() - started < 20
+        assert server.url in str(err.value)
+        reset_qa_caches()  # a new process: the first contact must not hang either
+        with pytest.raises(IndexUnavailable):
+            open_index()
+    finally:
+        server.resume()
+    assert qa.retrieve(papers[1].title, k=1)[0].paper.key == papers[1].key
+
+
+class Crash(BaseException):
+    """Stands in for a kill at an exact point (BaseException: nothing may swallow it)."""
+
+
+def test_crash_between_write_and_cleanup_is_repaired(monkeypatch):
+    papers = small_corpus(6)
+    build_index(papers, progress=False)
+    long = next(p for p in papers if len(chunks_of(p)) >= 2)
+    shrunk = dataclasses.replace(long, abstract=long.abstract.split(". ")[0] + ".")
+
+    real_call = qindex.Index.call
+
+    def crash_on_delete(self, fn, *args, **kwargs):
+        if getattr(fn, "__name__", "") == "delete":
+            raise Crash
+        return real_call(self, fn, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(qindex.Index, "call", crash_on_delete)
+        with pytest.raises(Crash):
+            build_index([shrunk], progress=False)
+    # new chunk #0 written, the old tail still there: the paper reads as unfinished
+    assert len(chunk_ids_of(long.key)) == len(chunks_of(long))
+    report = build_index([shrunk], progress=False)
+    assert report.updated == 1
+    assert chunk_ids_of(long.key) == [f"{long.key}#0"]
+
+
+def test_crash_during_source_merge_is_repaired(monkeypatch, tmp_path):
+    papers = small_corpus(4)
+    build_index(papers, progress=False)
+    copies = [dataclasses.replace(p, sources=["copy.txt"]) for p in papers]
+    real_call = qindex.Index.call
+    calls = {"update": 0}
+
+    def crash_after_first_update(self, fn, *args, **kwargs):
+        if getattr(fn, "__name__", "") == "update":
+            calls["update"] += 1
+            ids = kwargs["ids"]
+            kwargs["ids"], kwargs["metadatas"] = ids[:1], kwargs["metadatas"][:1]
+            real_call(self, fn, *args, **kwargs)  # only the very first chunk gets relabelled
+            raise Crash
+        return real_call(self, fn, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(qindex.Index, "call", crash_after_first_update)
+        with pytest.raises(Crash):
+            build_index(copies, progress=False)
+    build_index(copies, progress=False)
+    got = open_index().collection.get(include=["metadatas"])
+    originals = {p.key: p.sources[0] for p in papers}
+    for meta in got["metadatas"]:
+        assert meta["sources"] == f"{originals[meta['key']]},copy.txt", meta["key"]
+    assert open_index().count() == len(expected_ids(papers))
