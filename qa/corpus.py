@@ -54,7 +54,7 @@ _CHROME_LINES = re.compile(
 # stripped right after page chrome, and not from words like "Subscribers".
 _CHROME_PREFIX = re.compile(r"^Subscribe(?=[A-Z0-9\"'(\[\u201c])")
 _SENTENCE_BREAK = re.compile(r"[a-z0-9)\]][.!?]\s+[A-Z]")
-_PERIOD_BREAK = re.compile(r"[a-z0-9)\]]\.\s+[A-Z]")
+_PERIOD_BREAK = re.compile(r"[^\s.]\.\s+[A-Z]")
 _URL = re.compile(r"https?://|www\.|\.(?:com|org|io|net|edu|ai|me|de|cn)/", re.IGNORECASE)
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 CSV_COLUMNS = {"arxiv_id", "id", "title", "abstract", "comment", "summary", "authors", "url"}
@@ -145,7 +145,7 @@ def title_cost(line: str) -> float:
     if len(line) > 300 or len(line.split()) > 30:
         return cost + 5  # far too long for a title: no need to look further
     if _URL.search(line):
-        cost += 4  # abstracts end with code links, titles do not carry them
+        cost += 5  # abstracts end with code links, titles do not carry them
     if _PERIOD_BREAK.search(line):
         cost += 1.5  # two sentences ("… method. We …"); titles rarely ("… vs. B")
     return cost
