@@ -16,6 +16,7 @@ way whichever is picked.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib.util
 import json
@@ -213,10 +214,18 @@ def _llamacpp_model(parsed: ModelSpec, settings: Settings) -> BaseChatModel:
 
 @functools.lru_cache(maxsize=4)
 def _load_llama(path: str, n_threads: int, n_ctx: int) -> tuple[Any, threading.Lock]:
-    """Load a GGUF once per process; the lock serialises calls (a Llama is not re-entrant)."""
+    """Load a GGUF once per process; the lock serialises calls (a Llama is not re-entrant).
+
+    llama.cpp's OpenMP threads spin while waiting by default; on a busy machine (the UI
+    also embeds, indexes and serves) that made generation 10-40x slower here, so they
+    sleep instead unless the user chose otherwise. It must be set before llama_cpp loads.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from llama_cpp import Llama
 
     llama = Llama(model_path=path, n_threads=n_threads, n_ctx=n_ctx, verbose=False)
+    # Free it while ctypes still works: Llama.__del__ at interpreter teardown raises.
+    atexit.register(llama.close)
     return llama, threading.Lock()
 
 
@@ -297,6 +306,11 @@ def _emit(text: str, run_manager: CallbackManagerForLLMRun | None) -> ChatGenera
 # Structured citations
 # ---------------------------------------------------------------------------------------
 
+# Grammar bounds for local models: the system prompt's "at most five sentences", and
+# sentences short enough that five fit well inside the default max_tokens (512).
+LOCAL_MAX_SENTENCES = 5
+LOCAL_MAX_CHARS = 240
+LOCAL_MAX_CITES = 3
 # OpenAI models that predate structured outputs (json_schema response_format).
 _OPENAI_WITHOUT_SCHEMA = ("gpt-3.5", "gpt-4-", "o1-preview", "o1-mini", "davinci", "babbage")
 
@@ -310,25 +324,33 @@ def _bare(marker: str) -> str:
     return marker.strip().removeprefix("[").removesuffix("]").strip()
 
 
-def citation_schema(markers: list[str]) -> dict[str, Any]:
+def citation_schema(markers: list[str], bounded: bool = False) -> dict[str, Any]:
     """JSON schema of an answer as sentences, each citing only markers from the context.
 
     `additionalProperties: false` is there because OpenAI's strict mode requires it.
+    `bounded` adds length limits for grammar-constrained local models, which otherwise
+    may write one endless string or repeat a citation until `max_tokens` cuts the JSON.
     """
     allowed = list(dict.fromkeys(_bare(m) for m in markers if _bare(m)))
     cite_item: dict[str, Any] = {"type": "string", "enum": allowed}
     cite: dict[str, Any] = {"type": "array", "items": cite_item}
     if not allowed:  # nothing citable: an empty enum is rejected by some servers
         cite = {"type": "array", "items": {"type": "string"}, "maxItems": 0}
+    text: dict[str, Any] = {"type": "string"}
     sentence = {
         "type": "object",
-        "properties": {"text": {"type": "string"}, "cite": cite},
+        "properties": {"text": text, "cite": cite},
         "required": ["text", "cite"],
         "additionalProperties": False,
     }
+    sentences: dict[str, Any] = {"type": "array", "items": sentence}
+    if bounded:
+        text["maxLength"] = LOCAL_MAX_CHARS
+        cite["maxItems"] = min(len(allowed), LOCAL_MAX_CITES)
+        sentences["maxItems"] = LOCAL_MAX_SENTENCES
     return {
         "type": "object",
-        "properties": {"sentences": {"type": "array", "items": sentence}},
+        "properties": {"sentences": sentences},
         "required": ["sentences"],
         "additionalProperties": False,
     }
@@ -348,19 +370,25 @@ def supports_structured(spec: str) -> bool:
 def response_format_for(spec: str, markers: list[str]) -> dict[str, Any]:
     """The `response_format` body field that makes this backend follow the schema.
 
-    OpenAI, Ollama, vLLM and LM Studio take OpenAI's `json_schema` form. llama-cpp-python
-    (0.3.36: server and `create_chat_completion`) accepts only `{"type": "json_object",
-    "schema": ...}` and rejects `json_schema` with HTTP 422; llama.cpp's own llama-server
-    accepts that form too, so it is used for those and for unknown compatible servers.
+    OpenAI, Ollama, vLLM and LM Studio take OpenAI's `json_schema` form (plain schema: the
+    strict subset has no length bounds). llama-cpp-python 0.3.36 (server and
+    `create_chat_completion`) accepts only `{"type": "json_object", "schema": ...}`: its
+    server answers `json_schema` with HTTP 500 (a wrapped validation error). llama.cpp's
+    own llama-server takes that form too, so it is used for those and for unknown
+    compatible servers, with bounds that keep a small model's JSON from being cut short.
     """
-    schema = citation_schema(markers)
     kind = parse_spec(spec).kind
     if kind in ("llamacpp", "llamacpp-server", "openai-compatible"):
+        schema = citation_schema(markers, bounded=True)
         return {"type": "json_object", "schema": schema}
     strict = kind in ("openai", "stub")
     return {
         "type": "json_schema",
-        "json_schema": {"name": "cited_answer", "strict": strict, "schema": schema},
+        "json_schema": {
+            "name": "cited_answer",
+            "strict": strict,
+            "schema": citation_schema(markers),
+        },
     }
 
 

@@ -104,11 +104,16 @@ class FakeOpenAI:
         self._push(Reply("text", text=text))
 
     def add_error(
-        self, status: int, message: str | None = None, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        message: str | None = None,
+        headers: dict[str, str] | None = None,
+        code: str | None = None,
     ) -> None:
         """Answer with an HTTP error status and OpenAI's error JSON body."""
-        message = message or f"Fake error {status}"
-        body = openai_error_body(status, message)
+        body = openai_error_body(status, message or f"Fake error {status}")
+        if code:
+            body["error"]["code"] = code
         self._push(Reply("error", status=status, body=body, headers=headers or {}))
 
     def add_hang(self, seconds: float) -> None:

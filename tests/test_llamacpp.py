@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -53,12 +55,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_ready(proc: subprocess.Popen, url: str, seconds: float = 120) -> None:
+def _wait_ready(proc: subprocess.Popen, url: str, log: Path, seconds: float = 120) -> None:
     """Poll /v1/models until the server answers; fail with its log if it dies first."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"llama_cpp.server exited: {proc.stderr.read().decode()[-2000:]}")
+            pytest.fail(f"llama_cpp.server exited: {log.read_text(errors='replace')[-2000:]}")
         try:
             with urllib.request.urlopen(f"{url}/models", timeout=2) as resp:
                 if resp.status == 200:
@@ -69,16 +71,22 @@ def _wait_ready(proc: subprocess.Popen, url: str, seconds: float = 120) -> None:
 
 
 @pytest.fixture(scope="module")
-def llama_server() -> Iterator[str]:
+def llama_server(tmp_path_factory) -> Iterator[str]:
     """`python -m llama_cpp.server` on a free loopback port; yields its /v1 base URL."""
+    for extra in ("sse_starlette", "starlette_context", "uvicorn"):
+        if importlib.util.find_spec(extra) is None:
+            pytest.skip(f"llama_cpp.server needs {extra}: pip install 'llama-cpp-python[server]'")
     port = _free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path())]
     cmd += ["--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--n_threads", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # OpenMP threads that sleep rather than spin: 10-40x faster on a busy machine.
+    env = os.environ | {"OMP_WAIT_POLICY": "PASSIVE"}
+    log = tmp_path_factory.mktemp("llama") / "server.log"  # a file: a full pipe would block it
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("wb"), env=env)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        _wait_ready(proc, url)
+        _wait_ready(proc, url, log)
         yield url
     finally:
         proc.terminate()
@@ -90,14 +98,14 @@ def llama_server() -> Iterator[str]:
 
 
 def _settings() -> Settings:
-    return Settings(max_tokens=200, request_timeout=120, max_retries=0, llm_threads=2)
+    return Settings(request_timeout=300, max_retries=0, llm_threads=2)
 
 
 def _assert_cites_only(text: str, markers: list[str]) -> None:
     """Valid JSON per the citation schema, every `cite` one of the given markers."""
     data = json.loads(text)
     jsonschema = pytest.importorskip("jsonschema")
-    jsonschema.validate(data, citation_schema(markers))
+    jsonschema.validate(data, citation_schema(markers, bounded=True))
     allowed = {m.strip("[]") for m in markers}
     assert all(set(s["cite"]) <= allowed for s in data["sentences"])
 

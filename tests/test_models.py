@@ -244,6 +244,15 @@ def test_missing_llama_cpp_says_how_to_install(monkeypatch):
         get_chat_model("llamacpp:smollm2", Settings())
 
 
+def test_missing_gguf_file(monkeypatch, tmp_path):
+    real = models.importlib.util.find_spec
+    monkeypatch.setattr(
+        models.importlib.util, "find_spec", lambda n, *a: object() if n == "llama_cpp" else real(n)
+    )
+    with pytest.raises(ModelError, match="GGUF model file not found"):
+        get_chat_model(f"llamacpp:{tmp_path / 'missing.gguf'}", Settings())
+
+
 def test_smollm2_alias_points_at_the_shipped_gguf():
     path = models.smollm2_path()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
@@ -330,6 +339,16 @@ def test_rate_limit_then_success_is_retried(remote, fake_openai):
     assert get_chat_model(remote, _settings(max_retries=2)).invoke("hi").content == "after the wait"
 
 
+def test_exhausted_quota_is_not_called_rate_limiting(remote, fake_openai):
+    fake_openai.add_error(429, "You exceeded your current quota.", code="insufficient_quota")
+    assert "no quota left" in _fail(remote, _settings())
+
+
+def test_unknown_model(remote, fake_openai):
+    fake_openai.add_error(404, "The model `nope` does not exist.")
+    assert "HTTP 404" in _fail(remote, _settings())
+
+
 def test_server_error(remote, fake_openai):
     fake_openai.add_error(500)
     assert "HTTP 500" in _fail(remote, _settings())
@@ -383,3 +402,6 @@ def test_schema_goes_over_the_wire_in_the_backend_dialect(
     assert sent["type"] == expected_type
     if kind == "openai":
         assert sent["json_schema"]["strict"] is True
+        assert "maxItems" not in json.dumps(sent)  # OpenAI's strict subset has no bounds
+    if kind == "openai-compatible":  # llama.cpp dialect: bounded so JSON ends in time
+        assert sent["schema"]["properties"]["sentences"]["maxItems"] == 5
