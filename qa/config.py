@@ -72,6 +72,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("OPENAI_API_KEY", "QA_OPENAI_API_KEY"),
         description="Key for openai:* specs.",
     )
+    llm_api_key: SecretStr | None = Field(
+        None, description="Key for OpenAI-compatible/local servers (OPENAI_API_KEY never is)."
+    )
 
     # UI
     host: str = Field("127.0.0.1", description="UI bind address.")

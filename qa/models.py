@@ -125,7 +125,8 @@ def _openai_model(parsed: ModelSpec, settings: Settings) -> BaseChatModel:
     """ChatOpenAI against OpenAI (or OPENAI_BASE_URL); refuses early without a key."""
     if settings.openai_api_key is None or not settings.openai_api_key.get_secret_value():
         raise ModelError(_missing_key_message(f"openai:{parsed.name}"))
-    return _chat_openai(parsed.name, os.environ.get("OPENAI_BASE_URL"), settings)
+    key = settings.openai_api_key.get_secret_value()
+    return _chat_openai(parsed.name, os.environ.get("OPENAI_BASE_URL"), settings, api_key=key)
 
 
 def _server_model(parsed: ModelSpec, settings: Settings) -> BaseChatModel:
@@ -135,12 +136,13 @@ def _server_model(parsed: ModelSpec, settings: Settings) -> BaseChatModel:
     `max_completion_tokens`, which llama-cpp-python's server ignores (it then generates
     until the context is full).
     """
+    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "not-needed"
     return _chat_openai(
         parsed.name,
         parsed.base_url,
         settings,
+        api_key=key,  # never OPENAI_API_KEY: a real OpenAI key must not go to other servers
         extra_body={"max_tokens": settings.max_tokens},
-        placeholder_key="not-needed",
     )
 
 
@@ -148,13 +150,11 @@ def _chat_openai(
     name: str,
     base_url: str | None,
     settings: Settings,
+    api_key: str,
     extra_body: dict[str, Any] | None = None,
-    placeholder_key: str | None = None,
 ) -> BaseChatModel:
     from langchain_openai import ChatOpenAI
 
-    key = settings.openai_api_key
-    api_key = key.get_secret_value() if key else placeholder_key
     return ChatOpenAI(
         model=name,
         api_key=api_key,
@@ -424,8 +424,7 @@ _SECRET_LIKE = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+\S+)")
 def _scrub(text: str, settings: Settings) -> str:
     """Remove anything that could be a key from text shown to the user."""
     secrets = [os.environ.get("OPENAI_API_KEY", "")]
-    if settings.openai_api_key:
-        secrets.append(settings.openai_api_key.get_secret_value())
+    secrets += [k.get_secret_value() for k in (settings.openai_api_key, settings.llm_api_key) if k]
     for secret in filter(None, secrets):
         text = text.replace(secret, "***")
     return _SECRET_LIKE.sub("***", text)
@@ -441,7 +440,12 @@ def _endpoint(spec: str) -> str:
         return os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_URL
     if parsed.kind == "llamacpp":
         return f"the local model {parsed.name}"
-    return parsed.base_url or "the model server"
+    return _without_credentials(parsed.base_url) if parsed.base_url else "the model server"
+
+
+def _without_credentials(url: str) -> str:
+    """`http://user:pass@host/v1` → `http://host/v1`: URLs in messages carry no secrets."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "", url)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

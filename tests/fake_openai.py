@@ -6,7 +6,7 @@ Each request takes the next scripted reply; with none left it answers with `defa
 
 Use it from any test module:
 
-    pytest_plugins = ["tests.fake_openai"]        # in the test module (or a conftest)
+    pytest_plugins = ["fake_openai"]              # in the test module
 
     def test_x(fake_openai):
         fake_openai.add_error(429, headers={"retry-after": "0"})

@@ -13,7 +13,7 @@ from qa.chain import Answer, QuestionError, ask, stream
 from qa.config import get_settings
 from qa.index import build_index
 
-pytest_plugins = ["tests.fake_openai", "tests.chroma_server"]
+pytest_plugins = ["fake_openai", "chroma_server"]
 
 
 @pytest.fixture

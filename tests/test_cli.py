@@ -8,7 +8,7 @@ import pytest
 
 from qa.cli import main
 
-pytest_plugins = ["tests.chroma_server"]
+pytest_plugins = ["chroma_server"]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from qa.chain import ask, load_prompt
 from qa.config import get_settings
 
-pytest_plugins = ["tests.fake_openai", "tests.chroma_server"]
+pytest_plugins = ["fake_openai", "chroma_server"]
 
 SECRET = "sk-test-DO-NOT-LEAK-0123456789"
 
@@ -53,17 +53,29 @@ def test_two_hundred_sequential_asks_keep_memory_flat(seeds):
     assert growth < 40, f"RSS grew {growth:.1f} MB over 200 calls"
 
 
+def test_openai_key_is_never_sent_to_other_servers(seeds, fake_openai, monkeypatch):
+    """A user's OpenAI key goes to OpenAI only; a local server gets QA_LLM_API_KEY or nothing."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    get_settings.cache_clear()
+    ask("What is POMP?", model=f"openai-compatible:m@{fake_openai.base_url}", structured=False)
+    assert SECRET not in str(fake_openai.requests[-1].headers)
+    monkeypatch.setenv("QA_LLM_API_KEY", "local-key")
+    get_settings.cache_clear()
+    ask("What is POMP?", model=f"openai-compatible:m@{fake_openai.base_url}", structured=False)
+    assert fake_openai.requests[-1].headers["authorization"] == "Bearer local-key"
+
+
 def test_api_key_never_reaches_logs_errors_or_answers(seeds, fake_openai, monkeypatch, caplog):
     """#19: a rejected key (401) and a dead server: the key appears nowhere the user sees."""
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)  # OpenAI is beyond our edge
     get_settings.cache_clear()
     fake_openai.add_error(401)
     caplog.set_level(logging.DEBUG)
-    spec = f"openai-compatible:fake@{fake_openai.base_url}"
-    answer = ask("What is POMP?", model=spec, structured=False)
+    answer = ask("What is POMP?", model="openai:gpt-4o-mini", structured=False)
     assert answer.error
     assert fake_openai.requests[-1].headers.get("authorization") == f"Bearer {SECRET}"
-    dead = ask("What is POMP?", model="openai-compatible:m@http://127.0.0.1:9/v1")
+    dead = ask("What is POMP?", model="openai-compatible:m@http://u:pw@127.0.0.1:9/v1")
     for text in (
         answer.text,
         answer.error,

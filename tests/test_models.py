@@ -272,7 +272,7 @@ KEY = "sk-test-NEVER-SHOW-0123456789abcdef"
 
 
 def _settings(**overrides) -> Settings:
-    values = {"max_retries": 0, "request_timeout": 0.5, "openai_api_key": KEY}
+    values = {"max_retries": 0, "request_timeout": 0.5, "openai_api_key": KEY, "llm_api_key": KEY}
     return Settings(**(values | overrides))
 
 
@@ -306,7 +306,8 @@ def test_requests_carry_key_model_and_messages(remote, fake_openai):
 
 def test_compatible_server_gets_placeholder_key_and_max_tokens(fake_openai):
     spec = f"openai-compatible:m@{fake_openai.base_url}"
-    get_chat_model(spec, _settings(openai_api_key=None, max_tokens=77)).invoke("hi")
+    # the OpenAI key stays set: it must not be sent to another server
+    get_chat_model(spec, _settings(llm_api_key=None, max_tokens=77)).invoke("hi")
     sent = fake_openai.requests[-1]
     assert sent.headers["authorization"] == "Bearer not-needed"
     assert sent.body["max_tokens"] == 77
