@@ -540,7 +540,7 @@ class IngestReport:
 def _wipe_corrupt_store(settings: Settings) -> None:
     """`--rebuild` of an embedded store that cannot even be opened: start from an empty dir."""
     path = Path(settings.persist_dir)
-    forget_indexes()
+    _forget_index(settings)
     if settings.chroma_url or not path.exists():
         return
     for child in path.iterdir():
