@@ -20,7 +20,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.utils.json import parse_partial_json
 
-from qa.citations import StreamGuard, paper_keys, validate
+from qa.citations import StreamGuard, marker_for_key, paper_keys, validate
 from qa.config import PROJECT_ROOT, Settings, get_settings
 from qa.corpus import Paper
 from qa.models import (
@@ -172,7 +172,7 @@ def search_query(
     """(standalone question, retrieval query): the follow-up rewritten, plus pinned papers."""
     standalone = condense(question, history, model, settings)
     pinned = papers_under_discussion(question, history)
-    return standalone, " ".join([standalone, *(f"arXiv:{key}" for key in pinned)])
+    return standalone, " ".join([standalone, *map(marker_for_key, pinned)])
 
 
 def format_context(hits: list[Hit]) -> str:

@@ -32,8 +32,9 @@ def paper_keys(group: str) -> list[str]:
     return [m.group(1) or m.group(2) for m in _REF.finditer(group)]
 
 
-def marker_for(paper: Paper) -> str:
-    return paper.marker
+def marker_for_key(key: str) -> str:
+    """The marker for a paper key: `[ref:h…]` for content keys, `[arXiv:ID]` otherwise."""
+    return f"[ref:{key}]" if re.fullmatch(r"h[0-9a-f]{12}", key) else f"[arXiv:{key}]"
 
 
 @dataclass

@@ -21,8 +21,9 @@ import bm25s
 import numpy as np
 import Stemmer
 
+from qa.citations import ARXIV_ID as CITED_ID
 from qa.config import Settings, get_settings
-from qa.corpus import ARXIV_ID, Paper
+from qa.corpus import Paper
 from qa.index import Index, ensure_index
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,13 @@ logging.getLogger("bm25s").setLevel(logging.WARNING)  # it forces DEBUG on itsel
 
 Mode = Literal["hybrid", "keyword", "dense"]
 STALE_CHECK_SECONDS = 2.0
-_ID_IN_TEXT = re.compile(rf"(?:arXiv:|ref:)({ARXIV_ID}|h[0-9a-f]{{12}})", re.IGNORECASE)
+# A paper named in the question: `arXiv:ID`, `arxiv ID`, an arxiv.org URL, a bare new-style ID
+# (`2306.15875`), or the `ref:` key of a paper without one. Unknown IDs are ignored.
+_ID_IN_TEXT = re.compile(
+    rf"(?:\barXiv:?\s*|\bref:|arxiv\.org/(?:abs|pdf)/|(?<![\w.]))"
+    rf"({CITED_ID}|(?<=ref:)h[0-9a-f]{{12}})(?:v\d+)?",
+    re.IGNORECASE,
+)
 
 
 @dataclass
@@ -72,6 +79,7 @@ class KeywordIndex:
     tokenizer: bm25s.tokenization.Tokenizer | None = None
     idf: dict[str, float] = field(default_factory=dict)
     checked_at: float = 0.0
+    writes: int = -1  # the Index's in-process write count at the last check
 
     @staticmethod
     def make_tokenizer() -> bm25s.tokenization.Tokenizer:
@@ -136,11 +144,13 @@ class KeywordIndex:
 
     def refresh(self, index: Index) -> None:
         """Rebuild if Chroma changed since the last build (checked at most every 2 s)."""
-        if self.model is not None and time.monotonic() - self.checked_at < STALE_CHECK_SECONDS:
-            return
+        recent = time.monotonic() - self.checked_at < STALE_CHECK_SECONDS
+        if self.model is not None and recent and index.writes == self.writes:
+            return  # other processes' writes are seen within STALE_CHECK_SECONDS; ours at once
         if self.model is None or (index.revision(), index.count()) != (self.revision, self.count):
             self.rebuild(index)
         self.checked_at = time.monotonic()
+        self.writes = index.writes
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every chunk for the query (zeros when no query word is known)."""
@@ -209,7 +219,8 @@ class Retriever:
 
     def retrieve(self, question: str, k: int, mode: Mode = "hybrid") -> list[Hit]:
         n = max(self.settings.candidates, k * 4)
-        pinned = {m.group(1) for m in _ID_IN_TEXT.finditer(question)}
+        named = {m.group(1) for m in _ID_IN_TEXT.finditer(question)}
+        pinned = set(self.index.papers(sorted(named))) if named else set()  # known papers only
         query = _ID_IN_TEXT.sub(" ", question)
         top_kw, kw_all = self.keyword_scores(query, n) if mode != "dense" else ([], {})
         vector = self.index.embeddings.embed_query(query) if mode != "keyword" else None

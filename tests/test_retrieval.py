@@ -161,11 +161,6 @@ def test_two_markers_pin_both(seeded):
     assert all(h.pinned for h in hits[:2])
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="retrieval bug: only `arXiv:<id>`/`ref:` markers pin; a bare ID, an abs URL or "
-    "'arxiv <id>' in the question is treated as words (and the ID's digits match nothing)",
-)
 @pytest.mark.parametrize(
     "question",
     [
@@ -180,11 +175,6 @@ def test_other_id_spellings_pin_the_paper(seeded, question):
     assert hits[0].paper.key == "2306.15875" and hits[0].pinned
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="retrieval bug: a pinned ID that is not in the index takes one of the k slots and "
-    "is then dropped, so fewer than k hits come back",
-)
 def test_unknown_pinned_id_does_not_cost_a_slot(seeded):
     hits = qa.retrieve("arXiv:9999.99999 backdoor attacks", k=3)
     assert all(h.paper.key != "9999.99999" for h in hits)
@@ -276,13 +266,6 @@ def test_new_paper_is_retrievable_after_the_staleness_window(small_index):
     assert _keys("zorbulation regulariser", mode="hybrid")[0] == "local-zorbulation"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="retrieval bug: KeywordIndex.refresh checks Chroma at most every "
-    "STALE_CHECK_SECONDS, so a paper ingested by this very process is invisible to keyword "
-    "search for up to 2 s (qa.index now counts in-process writes in Index.writes, which the "
-    "refresh can compare at no cost)",
-)
 def test_new_paper_is_retrievable_at_once_in_the_same_process(small_index):
     _keys("quintaflex")  # warm
     build_index([_paper("quintaflex")], progress=False)
