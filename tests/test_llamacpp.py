@@ -55,7 +55,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_ready(proc: subprocess.Popen, url: str, log: Path, seconds: float = 120) -> None:
+def _wait_ready(proc: subprocess.Popen, url: str, log: Path, seconds: float = 300) -> None:
     """Poll /v1/models until the server answers; fail with its log if it dies first."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
