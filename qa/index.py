@@ -297,7 +297,9 @@ def _check_store_files(path: Path) -> None:
     """
     if not path.is_dir() or (path / STORE_FILE).exists():
         return
-    leftovers = [c.name for c in path.iterdir() if c.name not in KEPT_FILES]
+    leftovers = [  # hidden files (the repo's .gitkeep) are not Chroma's
+        c.name for c in path.iterdir() if c.name not in KEPT_FILES and not c.name.startswith(".")
+    ]
     if leftovers:
         raise IndexUnavailable(
             f"cannot use the index at {path} (QA_PERSIST_DIR): {STORE_FILE} is missing but "
@@ -544,7 +546,7 @@ def _wipe_corrupt_store(settings: Settings) -> None:
     if settings.chroma_url or not path.exists():
         return
     for child in path.iterdir():
-        if child.name in KEPT_FILES:  # the resolve cache is user data, keep it
+        if child.name in KEPT_FILES or child.name.startswith("."):  # user data, .gitkeep
             continue
         if child.is_dir():
             shutil.rmtree(child)

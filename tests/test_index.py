@@ -703,3 +703,19 @@ def test_crash_during_source_merge_is_repaired(monkeypatch, tmp_path):
     for meta in got["metadatas"]:
         assert meta["sources"] == f"{originals[meta['key']]},copy.txt", meta["key"]
     assert open_index().count() == len(expected_ids(papers))
+
+
+def test_fresh_clone_store_folder_with_only_gitkeep_builds(tmp_path, monkeypatch):
+    """The repo ships vectorstore/.gitkeep: that folder is "no index yet", not a damaged one."""
+    from qa.config import get_settings
+    from qa.index import ensure_index, forget_indexes
+
+    store = tmp_path / "fresh" / "vectorstore"
+    store.mkdir(parents=True)
+    (store / ".gitkeep").touch()
+    monkeypatch.setenv("QA_PERSIST_DIR", str(store))
+    get_settings.cache_clear()
+    forget_indexes()
+    index = ensure_index(get_settings(), progress=False)
+    assert index.count() > 800
+    assert (store / ".gitkeep").exists()
