@@ -139,15 +139,18 @@ def split_lines(text: str) -> list[str]:
     return _LINE_BREAK.split(text)
 
 
+STRONG = 5.0  # weight of a trait no title has (final full stop, a link, > 30 words)
+
+
 def title_cost(line: str) -> float:
     """How unlike a title a line is: 0 for a title-like line, more for each abstract trait."""
-    cost = 5.0 if line.endswith(".") else 0.0  # titles do not end in a full stop
+    cost = STRONG if line.endswith(".") else 0.0  # titles do not end in a full stop
     if len(line) > 300 or len(line.split()) > 30:
-        return cost + 5  # far too long for a title: no need to look further
+        return cost + STRONG  # far too long for a title: no need to look further
     if _URL.search(line):
-        cost += 5  # abstracts end with code links, titles do not carry them
+        cost += STRONG  # abstracts end with code links, titles do not carry them
     if _PERIOD_BREAK.search(line):
-        cost += 1.5  # two sentences ("… method. We …"); titles rarely ("… vs. B")
+        cost += 0.4  # two sentences ("… method. We …"), but titles have "vs. B" too
     return cost
 
 
@@ -253,7 +256,7 @@ def strip_chrome(lines: list[str]) -> tuple[list[tuple[int, str]], bool]:
 
 
 ORPHAN_ABSTRACT = 2.0  # cost of an abstract with no title before it
-ORPHAN_TITLE = 2.5  # cost of a title with no abstract after it
+ORPHAN_TITLE = 2.4  # cost of a title with no abstract after it
 
 
 def pair_titles(texts: list[str]) -> list[tuple[int | None, int | None]]:
@@ -265,7 +268,7 @@ def pair_titles(texts: list[str]) -> list[tuple[int | None, int | None]]:
     truncated last record) costs less than shifting every later pair by one.
     """
     t_cost = [title_cost(text) for text in texts]
-    a_cost = [1.0 if cost == 0 else 0.0 for cost in t_cost]
+    a_cost = [1.0 if cost < STRONG else 0.0 for cost in t_cost]  # no strong trait: maybe a title
     size = len(texts)
     best = [0.0] + [float("inf")] * size
     back: list[tuple[int, tuple[int | None, int | None]]] = [(0, (None, None))] * (size + 1)

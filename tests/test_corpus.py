@@ -551,6 +551,7 @@ COMMENTS = [
     "Accepted at ICML 2023. Code: https://github.com/a/b",
 ]
 word = st.sampled_from(WORDS)
+TITLE_EXTRAS = ["vs.", "v2", "GPT-3.5", "(RL)", "2", "Mar", "11"]
 
 
 def capital(text: str) -> str:
@@ -559,10 +560,11 @@ def capital(text: str) -> str:
 
 @st.composite
 def titles(draw: st.DrawFn) -> str:
-    words = draw(st.lists(word, min_size=2, max_size=20))
+    """2-20 words, no final full stop; may hold ':', '?', '!', ',' and inner "vs." / "v2"."""
+    words = draw(st.lists(st.one_of(word, st.sampled_from(TITLE_EXTRAS)), min_size=2, max_size=20))
     for i in draw(st.lists(st.integers(0, len(words) - 1), max_size=2, unique=True)):
-        words[i] += draw(st.sampled_from([":", "?", "!"]))
-    return capital(" ".join(words))
+        words[i] += draw(st.sampled_from([":", "?", "!", ","]))
+    return capital(" ".join(words)).rstrip(".")
 
 
 @st.composite
@@ -606,13 +608,13 @@ class Rec:
     comment: str
 
 
-records = st.lists(
-    st.builds(
-        Rec, titles(), abstracts().filter(unlabelled), arxiv_ids, st.one_of(st.just(""), comments)
-    ),
-    min_size=1,
-    max_size=8,
+record = st.builds(
+    Rec, titles(), abstracts().filter(unlabelled), arxiv_ids, st.one_of(st.just(""), comments)
 )
+records = st.lists(record, min_size=1, max_size=8)
+# Truncation needs a second record: one lone title, or one abstract whose only ID is gone,
+# leaves nothing that shows the layout.
+two_or_more = st.lists(record, min_size=2, max_size=8)
 
 
 def render_glued(recs: list[Rec]) -> str:
@@ -678,11 +680,43 @@ def check_round_trip(layout: str, recs: list[Rec], text: str, folder: Path) -> N
         assert [getattr(p, name) for p in papers] == expected, (layout, name)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(recs=records, trailing_newline=st.booleans())
-def test_random_records_round_trip_in_every_layout(recs: list[Rec], trailing_newline: bool) -> None:
+line_ends = st.sampled_from(["\n", "\r\n"])
+FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(recs=records, newline=line_ends, trailing_newline=st.booleans())
+def test_random_records_round_trip_in_every_layout(
+    recs: list[Rec], newline: str, trailing_newline: bool
+) -> None:
     """Each generated record set is rendered in all eight layouts and parsed back."""
     with tempfile.TemporaryDirectory() as folder:
         for layout, render in RENDER.items():
             text = render(recs) + ("\n" if trailing_newline else "")
-            check_round_trip(layout, recs, text, Path(folder))
+            check_round_trip(layout, recs, text.replace("\n", newline), Path(folder))
+
+
+@FAST
+@given(recs=two_or_more, cut=st.sampled_from(["web-dump-003", "web-dump-004", "web-dump-plain"]))
+def test_web_dump_ending_on_a_title_keeps_every_abstract(recs: list[Rec], cut: str) -> None:
+    lines = split_lines(RENDER[cut](recs).rstrip("\n"))
+    lines = lines[:-2] if lines[-2:-1] == [""] else lines[:-1]  # drop the last abstract
+    with tempfile.TemporaryDirectory() as folder:
+        report = read_file(write(Path(folder), "cut.txt", "\n".join(lines)))
+    assert [(p.title, p.abstract) for p in report.papers] == [
+        (r.title, r.abstract) for r in recs[:-1]
+    ]
+    (warning,) = report.warnings
+    assert f"line {len(lines)}:" in warning and "title with no abstract" in warning
+
+
+@FAST
+@given(recs=two_or_more)
+def test_layout1_without_its_last_id_keeps_every_abstract(recs: list[Rec]) -> None:
+    text = render_glued(recs).rsplit("\n", 1)[0]  # drop the standalone last ID
+    with tempfile.TemporaryDirectory() as folder:
+        report = read_file(write(Path(folder), "cut.txt", text))
+    assert [p.abstract for p in report.papers] == [r.abstract for r in recs]
+    assert [p.arxiv_id for p in report.papers] == [r.arxiv_id for r in recs[:-1]] + [None]
+    (warning,) = report.warnings
+    assert "last abstract has no arXiv ID" in warning
