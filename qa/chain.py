@@ -215,7 +215,7 @@ def _answer_prompt() -> ChatPromptTemplate:
     )
 
 
-def _sentences_to_text(sentences: list[dict], context: list[Paper]) -> str:
+def _sentences_to_text(sentences: list[dict]) -> str:
     """Structured output → markdown text with markers (validated like free text)."""
     parts = []
     for sentence in sentences:
@@ -229,8 +229,13 @@ def _sentences_to_text(sentences: list[dict], context: list[Paper]) -> str:
     return " ".join(parts)
 
 
-def _stream_structured(runnable, inputs: dict, context: list[Paper]) -> Iterator[str]:
-    """Emit each sentence of a JSON answer as soon as the next one starts (or at the end)."""
+def _stream_structured(
+    runnable, inputs: dict, context: list[Paper], raw_text: list[str]
+) -> Iterator[str]:
+    """Emit each sentence of a JSON answer as soon as the next one starts (or at the end).
+
+    The whole answer, markers unvalidated, goes to `raw_text` so dropped citations are known.
+    """
     raw, emitted = "", 0
     guard = StreamGuard(context)
     for chunk in runnable.stream(inputs):
@@ -239,15 +244,16 @@ def _stream_structured(runnable, inputs: dict, context: list[Paper]) -> Iterator
         sentences = parsed.get("sentences", []) if isinstance(parsed, dict) else []
         complete = sentences[:-1]
         if len(complete) > emitted:
-            text = _sentences_to_text(complete[emitted:], context)
+            text = _sentences_to_text(complete[emitted:])
             yield from guard.feed(("" if emitted == 0 else " ") + text)
             emitted = len(complete)
     parsed = parse_partial_json(raw) if raw.strip() else None
     if not isinstance(parsed, dict):
         raise ModelError("the model did not return the JSON answer it was asked for")
+    raw_text.append(_sentences_to_text(parsed.get("sentences", [])))
     rest = parsed.get("sentences", [])[emitted:]
     if rest:
-        yield from guard.feed(("" if emitted == 0 else " ") + _sentences_to_text(rest, context))
+        yield from guard.feed(("" if emitted == 0 else " ") + _sentences_to_text(rest))
     yield from guard.flush()
 
 
@@ -303,7 +309,7 @@ def stream(
         if _use_structured(spec, settings, structured):
             bound = bind_citation_schema(llm, spec, [p.marker for p in context])
             chain = _answer_prompt() | bound | StrOutputParser()
-            pieces = _stream_structured(chain, inputs, context)
+            pieces = _stream_structured(chain, inputs, context, raw_parts)
         else:
             chain = _answer_prompt() | llm | StrOutputParser()
             pieces = _guarded(chain, inputs, StreamGuard(context), raw_parts)

@@ -152,6 +152,7 @@ def test_structured_request_carries_an_enum_of_the_context_ids(seeds, fake_opena
     schema = json.dumps(body["response_format"])
     assert "arXiv:2304.04704" in schema and "9999" not in schema
     assert _ids(answer) == ["2304.04704"] and "9999" not in answer.text
+    assert answer.dropped_citations == ["9999.99999"]
 
 
 def test_prompt_injection_in_an_abstract_does_not_change_citations(tmp_path, fake_openai):
