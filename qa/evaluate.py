@@ -139,8 +139,12 @@ def answer_metrics(cases: list[Case], settings: Settings, model: str) -> dict[st
 
 def _table(rows: dict[str, dict[str, float]]) -> str:
     cols = list(next(iter(rows.values())))
-    lines = [f"{'':<22}" + "".join(f"{c:>12}" for c in cols)]
-    lines += [f"{name:<22}" + "".join(f"{v[c]:>12.3f}" for c in cols) for name, v in rows.items()]
+    widths = [max(12, len(c) + 2) for c in cols]
+    lines = [f"{'':<22}" + "".join(f"{c:>{w}}" for c, w in zip(cols, widths, strict=True))]
+    lines += [
+        f"{name:<22}" + "".join(f"{v[c]:>{w}.3f}" for c, w in zip(cols, widths, strict=True))
+        for name, v in rows.items()
+    ]
     return "\n".join(lines)
 
 
@@ -150,11 +154,12 @@ def run_eval(
     answers: bool = False,
     model: str = "stub",
     sweep: bool = False,
+    golden: Path = GOLDEN,
     echo: Callable[[str], None] = print,
 ) -> dict:
     """Print (and return) every figure `qa eval` reports."""
     settings = settings or get_settings()
-    cases = load_golden()
+    cases = load_golden(golden)
     start = time.perf_counter()
     counts = {t: sum(c.type == t for c in cases) for t in dict.fromkeys(c.type for c in cases)}
     echo(f"golden set: {len(cases)} questions {counts}")
