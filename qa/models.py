@@ -701,7 +701,27 @@ def _score(question: str, papers: list[_Paper]) -> list[_Pick]:
         title = sum(idf.get(t, 0.0) for t in set(_terms(paper.title)) & wanted)
         order = 0.05 * (len(papers) - paper.rank) / len(papers)
         picks.append(_Pick(paper, i, sentence, overlap + 0.25 * title + order))
-    return picks
+    return picks or _lead_paper_picks(rows, wanted, idf, need)
+
+
+def _lead_paper_picks(
+    rows: list[tuple[_Paper, int, str, set[str]]],
+    wanted: set[str],
+    idf: dict[str, float],
+    need: int,
+) -> list[_Pick]:
+    """A paraphrased question shares few words with any one sentence. The context comes
+    ranked by relevance, so when the first paper as a whole shares enough of the question's
+    words, its best-matching sentences answer it."""
+    lead = [row for row in rows if row[0].rank == min(r[0].rank for r in rows)]
+    shared = set().union(*(terms for *_, terms in lead)) & wanted
+    if len(shared) < max(need, 2):
+        return []
+    scored = [
+        _Pick(paper, i, sentence, sum(idf.get(t, 0.0) for t in terms & wanted))
+        for paper, i, sentence, terms in lead
+    ]
+    return [p for p in scored if p.score > 0]
 
 
 def _select(picks: list[_Pick], most: int, per_paper: int) -> list[_Pick]:
