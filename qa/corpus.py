@@ -361,13 +361,17 @@ READERS = {
 }
 
 
-def _is_csv_header(line: str) -> bool:
-    """A header row: short column names, `abstract` or two known columns among them."""
-    names = [name.strip().lower() for name in next(csv.reader([line]), [])]
-    if not all(re.fullmatch(r"[a-z_][a-z0-9_ \-]{0,40}", name) for name in names):
+def _is_csv(body: list[str]) -> bool:
+    """A header of column names (`abstract`, or two known ones) and rows of the same width."""
+    rows = csv.reader(io.StringIO("\n".join(body[:50])))
+    names = [name.strip().lower() for name in next(rows, [])]
+    if not all(re.fullmatch(r"[a-z_][a-z0-9_\-]{0,40}", name) for name in names):
         return False
     known = CSV_COLUMNS.intersection(names)
-    return "abstract" in known or len(known) >= 2
+    if "abstract" not in known and len(known) < 2:
+        return False
+    widths = [len(row) for row, _ in zip(rows, range(5), strict=False) if row]
+    return all(width == len(names) for width in widths)
 
 
 def _is_labelled_abstract(line: str) -> bool:
@@ -383,7 +387,7 @@ def detect_layout(lines: list[str]) -> str | None:
         return None
     if sum(line.startswith("{") for line in body) * 2 >= len(body):
         return "jsonl"
-    if _is_csv_header(body[0]):
+    if _is_csv(body):
         return "csv"
     if any(_ID_LINE.match(line) for line in body):
         return "arxiv-glued"
