@@ -362,13 +362,12 @@ READERS = {
 
 
 def _is_csv(body: list[str]) -> bool:
-    """A header of column names (`abstract`, or two known ones) and rows of the same width."""
+    """A header naming two known columns (or just `abstract`), rows of the same width."""
     rows = csv.reader(io.StringIO("\n".join(body[:50])))
     names = [name.strip().lower() for name in next(rows, [])]
     if not all(re.fullmatch(r"[a-z_][a-z0-9_\-]{0,40}", name) for name in names):
         return False
-    known = CSV_COLUMNS.intersection(names)
-    if "abstract" not in known and len(known) < 2:
+    if len(CSV_COLUMNS.intersection(names)) < 2 and names != ["abstract"]:
         return False
     widths = [len(row) for row, _ in zip(rows, range(5), strict=False) if row]
     return all(width == len(names) for width in widths)
