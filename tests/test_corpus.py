@@ -223,6 +223,12 @@ def test_duplicate_across_002_and_004_differs_in_latex_only() -> None:
     assert normalize(a.abstract)[:200] == normalize(b.abstract)[:200]
 
 
+def test_deduplication_does_not_need_the_metadata_table() -> None:
+    papers = read_corpus(SEEDS, metadata=[]).papers
+    assert len(papers) == 517
+    assert sum(len(p.sources) > 1 for p in papers) == 9
+
+
 def test_bundled_corpus_is_deterministic_with_unique_keys(corpus: list[Paper]) -> None:
     again = load_corpus(SEEDS)
     assert [p.to_dict() for p in again] == [p.to_dict() for p in corpus]
@@ -410,6 +416,14 @@ def test_jsonl_and_csv_columns(tmp_path: Path) -> None:
         assert [p.title for p in papers] == ["Fake the Real", "No ID Yet", ""]
         assert [p.abstract for p in papers] == [ABS_A, ABS_B, ABS_C]
     assert read_file(jsonl).papers[0].comment == "x"
+
+
+def test_csv_detection_needs_a_real_header(tmp_path: Path) -> None:
+    single = write(tmp_path, "one.csv", f'abstract\n"{ABS_A}"\n"{ABS_B}"\n')
+    assert [p.abstract for p in read_file(single).papers] == [ABS_A, ABS_B]
+    # a title with a comma on the first line of a page dump is not a CSV header
+    dump = write(tmp_path, "dump.txt", "And, Abstract\nWe ``skills,'' win.\nNext Title\nWe lose.\n")
+    assert [p.title for p in read_file(dump).papers] == ["And, Abstract", "Next Title"]
 
 
 def test_jsonl_broken_line_keeps_the_good_ones(tmp_path: Path) -> None:
