@@ -137,9 +137,6 @@ def token_length(text: str) -> int:
     return len(_counting_tokenizer().encode(text, add_special_tokens=False).ids)
 
 
-count_tokens = token_length
-
-
 # ---------------------------------------------------------------- ONNX runtime
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import qa
@@ -578,7 +578,9 @@ def titles(draw: st.DrawFn) -> str:
     words = draw(st.lists(st.one_of(word, st.sampled_from(TITLE_EXTRAS)), min_size=2, max_size=20))
     for i in draw(st.lists(st.integers(0, len(words) - 1), max_size=2, unique=True)):
         words[i] += draw(st.sampled_from([":", "?", "!", ","]))
-    return capital(" ".join(words)).rstrip(".")
+    title = capital(" ".join(words)).rstrip(".")
+    assume(not re.fullmatch(r"Mar \d{1,2}", title))  # that is a date line: page chrome
+    return title
 
 
 @st.composite
