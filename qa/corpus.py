@@ -29,7 +29,7 @@ ARXIV_ID = (
     r"(?:(?:0[7-9]|1[0-4])\d{2}\.\d{4}|\d{4}\.\d{5}|\d{4}\.\d{4}"
     r"|[a-z\-]+(?:\.[A-Z]{2})?/\d{7})"
 )
-_ID_LINE = re.compile(rf"^arXiv:\s*({ARXIV_ID})(?:v\d+)?")
+_ID_LINE = re.compile(rf"^(?i:arxiv):\s*({ARXIV_ID})(?:v\d+)?")
 # A leading "Abstract" is a label when punctuation follows it ("Abstract:", "Abstract.",
 # "Abstract —"), or a capital or digit ("Abstract Language Models (LMs) achieve …", as pasted
 # from web pages), but never before a lower-case word ("Abstract reasoning is …") or when it
@@ -53,7 +53,6 @@ _CHROME_LINES = re.compile(
 # "Subscribe" glued to the first title of a page ("SubscribeTokens-to-Token ViT: …"); only
 # stripped right after page chrome, and not from words like "Subscribers".
 _CHROME_PREFIX = re.compile(r"^Subscribe(?=[A-Z0-9\"'(\[\u201c])")
-_SENTENCE_BREAK = re.compile(r"[a-z0-9)\]][.!?]\s+[A-Z]")
 _PERIOD_BREAK = re.compile(r"[^\s.]\.\s+[A-Z]")
 _URL = re.compile(r"https?://|www\.|\.(?:com|org|io|net|edu|ai|me|de|cn)/", re.IGNORECASE)
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -182,19 +181,23 @@ class Record:
     line: int = 0
 
 
-def _glued_blocks(lines: list[str]) -> Iterator[tuple[list[tuple[int, str]], str | None]]:
-    """Layout 1 cut at each `arXiv:ID`: (the lines before it, that ID); the tail gets None."""
-    block: list[tuple[int, str]] = []
+Block = list[tuple[int, str]]  # (line number, text) pairs
+
+
+def _glued_blocks(lines: list[str]) -> Iterator[tuple[Block, str | None, int]]:
+    """Layout 1 cut at each `arXiv:ID`: (lines before it, the ID, its line); the tail gets
+    no ID."""
+    block: Block = []
     for n, line in _nonblank(lines):
         match = _ID_LINE.match(line)
         if not match:
             block.append((n, line))
             continue
-        yield block, match.group(1)
+        yield block, match.group(1), n
         rest = line[match.end() :].strip()
         block = [(n, rest)] if rest else []
     if block:
-        yield block, None
+        yield block, None, block[-1][0]
 
 
 def read_arxiv_glued(lines: list[str], warn: list[str]) -> Iterator[Record]:
@@ -203,9 +206,9 @@ def read_arxiv_glued(lines: list[str], warn: list[str]) -> Iterator[Record]:
     The ID after an abstract is that abstract's; a single short line between an abstract and
     the next ID is its comment. Extra lines are abstracts whose ID is missing (warned).
     """
-    for block, arxiv_id in _glued_blocks(lines):
+    for block, arxiv_id, id_line in _glued_blocks(lines):
         if not block:
-            warn.append(f"arXiv ID {arxiv_id} has no abstract before it")
+            warn.append(f"line {id_line}: arXiv ID {arxiv_id} has no abstract before it")
             continue
         comment = ""
         if len(block) > 1 and is_comment_like(block[-1][1]):

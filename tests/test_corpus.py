@@ -313,6 +313,16 @@ def test_old_style_id_glued_to_an_abstract_starting_with_a_digit(tmp_path: Path)
     assert papers[1].abstract == "3D scenes are hard."
 
 
+def test_layout1_stray_id_is_warned_with_its_line(tmp_path: Path) -> None:
+    text = f"{ABS_A}\narXiv:2306.15875\narxiv:2306.14824{ABS_B}\narXiv:2306.09712"
+    report = read_file(write(tmp_path, "stray.txt", text))
+    assert [(p.abstract, p.arxiv_id) for p in report.papers] == [
+        (ABS_A, "2306.15875"),
+        (ABS_B, "2306.09712"),
+    ]
+    assert report.warnings == ["stray.txt: line 3: arXiv ID 2306.14824 has no abstract before it"]
+
+
 def test_web_dump_without_chrome_or_blank_lines(tmp_path: Path) -> None:
     path = write(tmp_path, "plain.txt", f"Small Things\n{ABS_A}\nBig Things\n{ABS_B}\n")
     papers = read_file(path).papers
