@@ -613,13 +613,16 @@ def corpus_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(
+            found = sorted(
                 f
                 for f in p.iterdir()
                 if f.is_file()
                 and not f.name.startswith(".")
                 and f.suffix.lower() in TEXT_SUFFIXES | {".jsonl", ".csv"}
             )
+            if not found:
+                raise CorpusError(f"{p}: no corpus files (.txt, .md, .jsonl, .csv) in this folder")
+            files += found
         elif p.exists():
             files.append(p)
         else:

@@ -252,6 +252,11 @@ def test_load_corpus_missing_path_names_it(tmp_path: Path) -> None:
         load_corpus(missing)
     with pytest.raises(CorpusError, match=r"nope\.txt"):
         load_corpus([seed("000"), missing])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.pdf").write_bytes(b"%PDF")
+    with pytest.raises(CorpusError, match=f"{re.escape(str(empty))}: no corpus files"):
+        load_corpus(empty)
 
 
 def test_resolved_id_in_a_later_table_fills_the_paper_without_one(tmp_path: Path) -> None:
