@@ -1,10 +1,10 @@
 """Per-stage timing of `qa.retrieve`, by wrapping qa.retrieval's functions in this process only.
 
 Stages (nested calls are counted once, in the stage that makes them):
-  ensure_index  get_retriever's ensure_index() (collection metadata + count on every call)
-  keyword       Retriever.keyword_scores (staleness check, BM25 over every chunk, top-n, dict)
+  ensure_index  get_retriever's ensure_index() (first use of an index only)
+  keyword       Retriever.keyword (staleness check, BM25 over every chunk, top-n)
   embed_query   the query vector
-  dense         Retriever.dense_candidates (Chroma query: count + HNSW + metadatas/documents)
+  dense         Retriever.dense_candidates (Chroma query: HNSW, ids and distances)
   cosines       Retriever.cosines (Chroma get of keyword-only chunks' embeddings)
   hits          Retriever._to_hits (fusion, papers' first chunks, best chunks' texts)
 """
@@ -44,7 +44,7 @@ class StageTimer:
         import qa.retrieval as r
 
         self._wrap(r, "ensure_index", "ensure_index")
-        self._wrap(r.Retriever, "keyword_scores", "keyword")
+        self._wrap(r.Retriever, "keyword", "keyword")
         self._wrap(r.Retriever, "dense_candidates", "dense")
         self._wrap(r.Retriever, "cosines", "cosines")
         self._wrap(r.Retriever, "_to_hits", "hits")

@@ -38,7 +38,7 @@ from qa.embeddings import get_embeddings, token_length
 log = logging.getLogger(__name__)
 
 VECTOR_CACHE_DIR = PROJECT_ROOT / "seeds" / "vectors"
-WRITE_BATCH = 64  # chunks per upsert; a paper's chunks always go in one call
+WRITE_BATCH = 256  # chunks per upsert; a paper's chunks always go in one call
 CHROMA_TIMEOUT_SECONDS = 60.0  # per request to a Chroma server (large upserts included)
 
 
@@ -82,7 +82,8 @@ def chunk_paper(
         separators=[". ", "; ", ", ", " ", ""],
         keep_separator="end",
     )
-    pieces = splitter.split_text(paper.abstract) or [paper.abstract]
+    fits = length(paper.abstract) <= budget  # a third of abstracts: skip the splitter's work
+    pieces = [paper.abstract] if fits else splitter.split_text(paper.abstract) or [paper.abstract]
     digest = paper_hash(paper, max_tokens)
     base = {
         "key": paper.key,

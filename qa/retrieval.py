@@ -20,11 +20,12 @@ from typing import Literal
 import bm25s
 import numpy as np
 import Stemmer
+from bm25s.stopwords import STOPWORDS_EN
 
 from qa.citations import ARXIV_ID as CITED_ID
 from qa.config import Settings, get_settings
 from qa.corpus import Paper
-from qa.index import Index, ensure_index
+from qa.index import Index, ensure_index, open_index
 
 log = logging.getLogger(__name__)
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it forces DEBUG on itself
@@ -66,6 +67,19 @@ class Hit:
 # ---------------------------------------------------------------- keyword index
 
 
+_WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s' token pattern
+_STOPWORDS = frozenset(STOPWORDS_EN)
+_STEMMERS = threading.local()  # PyStemmer objects are not thread-safe
+
+
+def stems(text: str) -> list[str]:
+    """Lower-cased, stop-word-free, Snowball-stemmed words: the keyword index's tokens."""
+    stemmer = getattr(_STEMMERS, "stemmer", None)
+    if stemmer is None:
+        stemmer = _STEMMERS.stemmer = Stemmer.Stemmer("english")
+    return stemmer.stemWords([w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS])
+
+
 @dataclass
 class KeywordIndex:
     """BM25 over the chunks Chroma holds, rebuilt when Chroma's revision changes."""
@@ -73,73 +87,56 @@ class KeywordIndex:
     revision: int = -1
     count: int = -1
     ids: list[str] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
+    row_of: dict[str, int] = field(default_factory=dict)
+    vocab: dict[str, int] = field(default_factory=dict)
     model: bm25s.BM25 | None = None
-    tokenizer: bm25s.tokenization.Tokenizer | None = None
     idf: dict[str, float] = field(default_factory=dict)
     checked_at: float = 0.0
     writes: int = -1  # the Index's in-process write count at the last check
 
-    @staticmethod
-    def make_tokenizer() -> bm25s.tokenization.Tokenizer:
-        return bm25s.tokenization.Tokenizer(
-            stemmer=Stemmer.Stemmer("english").stemWord, stopwords="en"
-        )
-
     def rebuild(self, index: Index) -> None:
         revision, count = index.revision(), index.count()
-        ids, keys, texts = [], [], []
+        ids: list[str] = []
+        texts: list[str] = []
         for offset in range(0, count, 5000):
-            got = index.call(
-                index.collection.get,
-                include=["documents", "metadatas"],
-                limit=5000,
-                offset=offset,
-            )
+            got = index.call(index.collection.get, include=["documents"], limit=5000, offset=offset)
             ids += got["ids"]
             texts += got["documents"]
-            keys += [m["key"] for m in got["metadatas"]]
-        tokenizer = self.make_tokenizer()
+        vocab: dict[str, int] = {}
+        tokens = [[vocab.setdefault(w, len(vocab)) for w in stems(t)] for t in texts]
         model = bm25s.BM25()
-        idf: dict[str, float] = {}
         if texts:
-            tokens = tokenizer.tokenize(texts, show_progress=False, return_as="ids")
-            model.index(tokens, show_progress=False)
-            idf = self._idf(tokens, tokenizer)
-        self.ids, self.keys, self.texts, self.idf = ids, keys, texts, idf
-        self.model, self.tokenizer = model, tokenizer
+            model.index(bm25s.tokenization.Tokenized(ids=tokens, vocab=vocab), show_progress=False)
+        self.idf = self._idf(tokens, vocab)
+        self.ids, self.row_of, self.vocab, self.model = (
+            ids,
+            {c: i for i, c in enumerate(ids)},
+            vocab,
+            model,
+        )
         self.revision, self.count = revision, count
         self.checked_at = time.monotonic()
         log.debug("keyword index rebuilt: %d chunks (revision %d)", count, revision)
 
     @staticmethod
-    def _idf(tokens: list[list[int]], tokenizer: bm25s.tokenization.Tokenizer) -> dict[str, float]:
+    def _idf(tokens: list[list[int]], vocab: dict[str, int]) -> dict[str, float]:
         """Stem → BM25 idf, for weighting how much of a question a chunk covers."""
         df = Counter(t for doc in tokens for t in set(doc))
         n = len(tokens)
-        stems = {i: w for w, i in tokenizer.get_vocab_dict().items()}
-        return {stems[i]: math.log(1 + (n - c + 0.5) / (c + 0.5)) for i, c in df.items()}
+        word = {i: w for w, i in vocab.items()}
+        return {word[i]: math.log(1 + (n - c + 0.5) / (c + 0.5)) for i, c in df.items()}
 
-    def stems(self, text: str) -> list[str]:
-        return self.tokenizer.tokenize(
-            [text], update_vocab=False, show_progress=False, return_as="string"
-        )[0]
-
-    def coverage(self, query: str, text: str) -> float:
+    def coverage(self, query_stems: set[str], text: str) -> float:
         """IDF-weighted share of the query's words present in `text`; unknown words weigh most.
 
         A question whose rare words appear nowhere in the corpus ("protein folding") gets a
         low coverage even when its common words ("graph", "network") match.
         """
-        if self.tokenizer is None:
-            return 0.0
-        words = set(self.stems(query))
-        if not words:
+        if not query_stems:
             return 0.0
         unseen = max(self.idf.values(), default=1.0)
-        weight = {w: self.idf.get(w, unseen) for w in words}
-        found = words & set(self.stems(text))
+        weight = {w: self.idf.get(w, unseen) for w in query_stems}
+        found = query_stems & set(stems(text))
         return sum(weight[w] for w in found) / sum(weight.values())
 
     def refresh(self, index: Index) -> None:
@@ -152,58 +149,63 @@ class KeywordIndex:
         self.checked_at = time.monotonic()
         self.writes = index.writes
 
-    def scores(self, query: str) -> np.ndarray:
+    def scores(self, query_stems: list[str]) -> np.ndarray:
         """BM25 score of every chunk for the query (zeros when no query word is known)."""
-        if self.model is None or not self.texts:
-            return np.zeros(0, dtype=np.float32)
-        vocab = self.tokenizer.get_vocab_dict()
-        words = self.stems(query)
-        ids = [vocab[w] for w in words if w in vocab]
-        if not ids:
-            return np.zeros(len(self.texts), dtype=np.float32)
+        ids = [self.vocab[w] for w in query_stems if w in self.vocab]
+        if self.model is None or not self.ids or not ids:
+            return np.zeros(len(self.ids), dtype=np.float32)
         return np.asarray(self.model.get_scores(ids), dtype=np.float32)
 
 
 # ---------------------------------------------------------------- retriever
 
 
+@dataclass
+class KeywordResult:
+    """One query's BM25 view: the top chunks, and a lookup for any other chunk's score."""
+
+    top: dict[str, float]
+    scores: np.ndarray
+    row_of: dict[str, int]
+    index: KeywordIndex
+
+    def score(self, chunk_id: str) -> float:
+        row = self.row_of.get(chunk_id)
+        return float(self.scores[row]) if row is not None and len(self.scores) else 0.0
+
+
 class Retriever:
     """Answers `retrieve(question)` against one Index; safe to share across threads."""
 
-    def __init__(self, index: Index, settings: Settings):
+    def __init__(self, index: Index):
         self.index = index
-        self.settings = settings
         self.keyword_index = KeywordIndex()
         self.lock = threading.Lock()
 
-    def keyword_scores(self, question: str, n: int) -> tuple[list[str], dict[str, float]]:
-        """The top `n` chunk ids by BM25, and every chunk's score (to score dense finds too)."""
+    def keyword(self, query_stems: list[str], n: int) -> KeywordResult:
+        """The top `n` chunks by BM25 (a consistent snapshot even while Chroma changes)."""
         with self.lock:
             self.keyword_index.refresh(self.index)
-            ids = self.keyword_index.ids
-            scores = self.keyword_index.scores(question)
-        if not len(scores):
-            return [], {}
-        top = [ids[i] for i in np.argsort(-scores)[:n] if scores[i] > 0]
-        return top, dict(zip(ids, scores.tolist(), strict=True))
+            kw = self.keyword_index
+            scores = kw.scores(query_stems)
+            ids, row_of = kw.ids, kw.row_of
+        top: dict[str, float] = {}
+        if len(scores):
+            rows = np.argpartition(-scores, min(n, len(scores) - 1))[:n]
+            top = {ids[r]: float(scores[r]) for r in rows if scores[r] > 0}
+        return KeywordResult(top, scores, row_of, kw)
 
-    def dense_candidates(self, vector: list[float], n: int) -> dict[str, tuple[float, str, str]]:
-        """chunk id → (cosine, paper key, text) for the `n` nearest chunks."""
+    def dense_candidates(self, vector: list[float], n: int) -> dict[str, float]:
+        """chunk id → cosine for the `n` nearest chunks (ids and distances only: cheap)."""
+        size = max(self.keyword_index.count, 1)
         got = self.index.call(
             self.index.collection.query,
             query_embeddings=[vector],
-            n_results=max(1, min(n, self.index.count())),
-            include=["distances", "metadatas", "documents"],
+            n_results=max(1, min(n, size)),
+            include=["distances"],
         )
         return {
-            cid: (1.0 - dist, meta["key"], doc)
-            for cid, dist, meta, doc in zip(
-                got["ids"][0],
-                got["distances"][0],
-                got["metadatas"][0],
-                got["documents"][0],
-                strict=True,
-            )
+            cid: 1.0 - dist for cid, dist in zip(got["ids"][0], got["distances"][0], strict=True)
         }
 
     def cosines(self, vector: list[float], chunk_ids: list[str]) -> dict[str, float]:
@@ -217,42 +219,28 @@ class Retriever:
             for cid, emb in zip(got["ids"], got["embeddings"], strict=True)
         }
 
-    def retrieve(self, question: str, k: int, mode: Mode = "hybrid") -> list[Hit]:
-        n = max(self.settings.candidates, k * 4)
+    def retrieve(self, question: str, k: int, mode: Mode, settings: Settings) -> list[Hit]:
+        n = max(settings.candidates, k * 4)
         named = {m.group(1) for m in _ID_IN_TEXT.finditer(question)}
         pinned = set(self.index.papers(sorted(named))) if named else set()  # known papers only
         query = _ID_IN_TEXT.sub(" ", question)
-        top_kw, kw_all = self.keyword_scores(query, n) if mode != "dense" else ([], {})
+        query_stems = stems(query)
+        keyword = self.keyword(query_stems, n)  # also refreshes the index snapshot
+        top_kw = keyword.top if mode != "dense" else {}
         vector = self.index.embeddings.embed_query(query) if mode != "keyword" else None
-        dense = self.dense_candidates(vector, n) if vector is not None else {}
+        cos = self.dense_candidates(vector, n) if vector is not None else {}
 
-        chunk_ids = set(top_kw) | set(dense)
-        cos = {cid: v[0] for cid, v in dense.items()}
+        chunk_ids = set(top_kw) | set(cos)
         if vector is not None:
             cos.update(self.cosines(vector, [c for c in chunk_ids if c not in cos]))
-        kw = {cid: kw_all.get(cid, 0.0) for cid in chunk_ids}
-        fused = self.fuse(chunk_ids, kw, cos, mode)
-        return self._to_hits(query, fused, kw, cos, pinned, k)
-
-    def fuse(
-        self, chunk_ids: set[str], kw: dict[str, float], cos: dict[str, float], mode: Mode
-    ) -> dict[str, float]:
-        """Chunk id → fused score: a convex mix of per-query normalised scores, or RRF."""
-        weight = {"keyword": 1.0, "dense": 0.0}.get(mode, self.settings.keyword_weight)
-        if self.settings.fusion == "rrf" and mode == "hybrid":
-            return rrf([kw, cos], [weight, 1 - weight], chunk_ids)
-        top_kw = max(kw.values(), default=0.0) or 1.0
-        lo, hi = (min(cos.values()), max(cos.values())) if cos else (0.0, 1.0)
-        spread = (hi - lo) or 1.0
-        return {
-            cid: weight * kw.get(cid, 0.0) / top_kw
-            + (1 - weight) * (cos.get(cid, lo) - lo) / spread
-            for cid in chunk_ids
-        }
+        kw = {cid: keyword.score(cid) for cid in chunk_ids} if mode != "dense" else {}
+        fused = fuse(chunk_ids, kw, cos, mode, settings)
+        return self._to_hits(set(query_stems), keyword.index, fused, kw, cos, pinned, k)
 
     def _to_hits(
         self,
-        query: str,
+        query_stems: set[str],
+        keyword_index: KeywordIndex,
         fused: dict[str, float],
         kw: dict[str, float],
         cos: dict[str, float],
@@ -286,7 +274,7 @@ class Retriever:
                     snippet,
                     dense=cos.get(cid, 0.0),
                     keyword=kw.get(cid, 0.0) / top_kw,
-                    coverage=self.keyword_index.coverage(query, text),
+                    coverage=keyword_index.coverage(query_stems, text),
                     pinned=key in pinned,
                 )
             )
@@ -297,6 +285,26 @@ class Retriever:
             return {}
         got = self.index.call(self.index.collection.get, ids=chunk_ids, include=["documents"])
         return dict(zip(got["ids"], got["documents"], strict=True))
+
+
+def fuse(
+    chunk_ids: set[str],
+    kw: dict[str, float],
+    cos: dict[str, float],
+    mode: Mode,
+    settings: Settings,
+) -> dict[str, float]:
+    """Chunk id → fused score: a convex mix of per-query normalised scores, or RRF."""
+    weight = {"keyword": 1.0, "dense": 0.0}.get(mode, settings.keyword_weight)
+    if settings.fusion == "rrf" and mode == "hybrid":
+        return rrf([kw, cos], [weight, 1 - weight], chunk_ids)
+    top_kw = max(kw.values(), default=0.0) or 1.0
+    lo, hi = (min(cos.values()), max(cos.values())) if cos else (0.0, 1.0)
+    spread = (hi - lo) or 1.0
+    return {
+        cid: weight * kw.get(cid, 0.0) / top_kw + (1 - weight) * (cos.get(cid, lo) - lo) / spread
+        for cid in chunk_ids
+    }
 
 
 def rrf(
@@ -319,11 +327,12 @@ _RETRIEVERS_LOCK = threading.Lock()
 def get_retriever(settings: Settings | None = None) -> Retriever:
     """The shared Retriever for the settings' index (built from the seeds if empty)."""
     settings = settings or get_settings()
-    index = ensure_index(settings)
+    index = open_index(settings)  # a cached handle: no Chroma call on the hot path
     with _RETRIEVERS_LOCK:
         retriever = _RETRIEVERS.get(id(index))
         if retriever is None or retriever.index is not index:
-            retriever = _RETRIEVERS[id(index)] = Retriever(index, settings)
+            ensure_index(settings)  # first use of this index: build it if it is empty
+            retriever = _RETRIEVERS[id(index)] = Retriever(index)
         return retriever
 
 
@@ -339,7 +348,7 @@ def retrieve(
     question = " ".join(question.split())
     if not question:
         return []
-    return get_retriever(settings).retrieve(question, k or settings.k, mode)
+    return get_retriever(settings).retrieve(question, k or settings.k, mode, settings)
 
 
 def relevance(hit: Hit) -> float:
