@@ -278,8 +278,7 @@ def stream(
 
     if is_chitchat(question):
         answer.text, answer.abstained = CHITCHAT_REPLY, True
-        yield answer.text
-        yield answer
+        yield from _whole(answer)
         return
 
     llm = get_chat_model(spec, settings)
@@ -288,8 +287,7 @@ def stream(
     except Exception as exc:  # a dead server fails here first
         answer.error = explain_error(exc, spec, settings)
         answer.text = answer.error
-        yield answer.text
-        yield answer
+        yield from _whole(answer)
         return
     answer.standalone_question = standalone
     hits = retrieve(search, k or settings.k, settings=settings)
@@ -297,8 +295,7 @@ def stream(
 
     if not is_relevant(hits, settings):
         answer.text, answer.abstained = abstention_text(hits), True
-        yield answer.text
-        yield answer
+        yield from _whole(answer)
         return
 
     context = [h.paper for h in hits]
@@ -331,6 +328,12 @@ def stream(
     answer.dropped_citations = validate(raw, context).dropped if raw else checked.dropped
     if not answer.text.strip():
         answer.text = "The model returned an empty answer."
+    yield answer
+
+
+def _whole(answer: Answer) -> Iterator[str | Answer]:
+    """An answer decided without streaming (chit-chat, abstention, early error)."""
+    yield answer.text
     yield answer
 
 
