@@ -8,13 +8,18 @@ stamp changes, so Chroma stays the one source of truth.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
 import re
+import shutil
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import bm25s
@@ -96,6 +101,9 @@ class KeywordIndex:
 
     def rebuild(self, index: Index) -> None:
         revision, count = index.revision(), index.count()
+        cache = _cache_dir(index, revision, count)
+        if self._load(cache, revision, count):
+            return
         ids: list[str] = []
         texts: list[str] = []
         for offset in range(0, count, 5000):
@@ -117,6 +125,43 @@ class KeywordIndex:
         self.revision, self.count = revision, count
         self.checked_at = time.monotonic()
         log.debug("keyword index rebuilt: %d chunks (revision %d)", count, revision)
+        self._save(cache)
+
+    def _save(self, cache: Path) -> None:
+        """Keep the index on disk so the next start skips the rebuild (a minute at 100k)."""
+        if not self.ids:
+            return
+        tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.model.save(str(tmp))
+            (tmp / "qa.json").write_text(json.dumps({"ids": self.ids, "idf": self.idf}))
+            for old in cache.parent.glob(f"{cache.name.rsplit('-r', 1)[0]}-r*"):
+                if ".tmp-" not in old.name:  # superseded revisions (not saves in progress)
+                    shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp, cache)
+        except OSError as exc:  # a read-only or full disk only costs the next start time
+            log.warning("could not save the keyword index to %s: %s", cache, exc)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _load(self, cache: Path, revision: int, count: int) -> bool:
+        if not (cache / "qa.json").is_file():
+            return False
+        try:
+            extra = json.loads((cache / "qa.json").read_text())
+            model = bm25s.BM25.load(str(cache))
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("ignoring unreadable keyword index %s: %s", cache, exc)
+            return False
+        if len(extra["ids"]) != count:
+            return False
+        self.ids, self.idf, self.model = extra["ids"], extra["idf"], model
+        self.vocab = model.vocab_dict
+        self.row_of = {c: i for i, c in enumerate(self.ids)}
+        self.revision, self.count = revision, count
+        self.checked_at = time.monotonic()
+        return True
 
     @staticmethod
     def _idf(tokens: list[list[int]], vocab: dict[str, int]) -> dict[str, float]:
@@ -155,6 +200,13 @@ class KeywordIndex:
         if self.model is None or not self.ids or not ids:
             return np.zeros(len(self.ids), dtype=np.float32)
         return np.asarray(self.model.get_scores(ids), dtype=np.float32)
+
+
+def _cache_dir(index: Index, revision: int, count: int) -> Path:
+    """Where the keyword index for this collection state lives (hidden: not Chroma's)."""
+    where = index.settings.chroma_url or "embedded"
+    tag = hashlib.sha1(f"{where}|{index.settings.collection}".encode()).hexdigest()[:10]
+    return index.settings.persist_dir / ".keyword-index" / f"{tag}-r{revision}-n{count}"
 
 
 # ---------------------------------------------------------------- retriever

@@ -5,6 +5,7 @@ that follows what Chroma holds."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from functools import lru_cache
@@ -327,3 +328,37 @@ def test_keyword_index_survives_a_new_process_view(small_index):
     reset_qa_caches()
     assert _keys(small_index[0].title, mode="hybrid") == first
     assert first[0] == small_index[0].key
+
+
+def test_keyword_index_is_saved_and_reloaded_without_retokenising(seeded, monkeypatch):
+    """The next process loads BM25 from disk instead of rebuilding it (a minute at 100k)."""
+    import qa.retrieval as retrieval
+    from qa.index import open_index
+
+    qa.retrieve("What is POMP?", k=3)  # builds (or loads) and saves the keyword index
+    index = open_index()
+    fresh = retrieval.KeywordIndex()
+    monkeypatch.setattr(retrieval, "stems", _no_stemming)
+    fresh.refresh(index)  # must come from the saved copy: stemming would raise
+    monkeypatch.undo()
+    assert fresh.count == index.count() and len(fresh.ids) == fresh.count
+    scores = fresh.scores(retrieval.stems("POMP prompt pre-training"))
+    assert fresh.ids[int(scores.argmax())].startswith("2304.04704#")
+
+
+def test_unreadable_saved_keyword_index_is_rebuilt(seeded):
+    import qa.retrieval as retrieval
+    from qa.index import open_index
+
+    qa.retrieve("What is POMP?", k=3)
+    index = open_index()
+    cache = retrieval._cache_dir(index, index.revision(), index.count())
+    (cache / "qa.json").write_text("{not json")
+    fresh = retrieval.KeywordIndex()
+    fresh.refresh(index)
+    assert len(fresh.ids) == index.count()
+    assert len(json.loads((cache / "qa.json").read_text())["ids"]) == index.count()  # re-saved
+
+
+def _no_stemming(text: str) -> list[str]:
+    raise AssertionError("the keyword index was rebuilt instead of loaded")
