@@ -65,9 +65,6 @@ class StageTimer:
         for stage in STAGES:
             self.samples[stage].append(self._current.get(stage, 0.0))
 
-    def reset(self) -> None:
-        self.samples.clear()
-
     def summary(self) -> str:
         parts = []
         for stage in STAGES:
