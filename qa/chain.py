@@ -12,6 +12,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from functools import cache
 from typing import Any
 
@@ -23,6 +24,7 @@ from langchain_core.utils.json import parse_partial_json
 from qa.citations import StreamGuard, marker_for_key, paper_keys, validate
 from qa.config import PROJECT_ROOT, Settings, get_settings
 from qa.corpus import Paper
+from qa.filters import FilterError, Filters, from_question
 from qa.models import (
     ModelError,
     bind_citation_schema,
@@ -67,6 +69,13 @@ class Answer:
     model: str = ""
     dropped_citations: list[str] = field(default_factory=list)
     error: str | None = None
+    filters: Filters = field(default_factory=Filters)  # what retrieval was restricted to
+
+    def bibtex(self) -> str:
+        """BibTeX entries of the cited papers."""
+        from qa.bibtex import bibtex
+
+        return bibtex(self.citations)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +88,7 @@ class Answer:
             "sources": [h.to_dict() for h in self.sources],
             "dropped_citations": self.dropped_citations,
             "error": self.error,
+            "filters": self.filters.to_dict(),
         }
 
 
@@ -182,6 +192,14 @@ def format_context(hits: list[Hit]) -> str:
     )
 
 
+def filter_note(filters: Filters, explicit: Filters) -> str:
+    """The line that opens a filtered answer, saying what the question itself asked for."""
+    if not filters:
+        return ""
+    named = " (named in the question)" if filters != explicit else ""
+    return f"_Only papers matching: {filters.describe()}{named}._\n\n"
+
+
 def abstention_text(hits: list[Hit]) -> str:
     lines = ["The indexed abstracts do not cover this question, so I will not guess an answer."]
     if hits:
@@ -268,11 +286,20 @@ def stream(
     k: int | None = None,
     settings: Settings | None = None,
     structured: bool | None = None,
+    since: str | date | None = None,
+    until: str | date | None = None,
+    categories: str | list[str] | None = None,
+    authors: str | list[str] | None = None,
 ) -> Iterator[str | Answer]:
-    """`qa.stream`: answer text as it is generated, then the final `Answer`."""
+    """`qa.stream`: answer text as it is generated, then the final `Answer`. Filters (and a
+    period or category the question names) restrict which papers it may use."""
     settings = settings or get_settings()
     spec = model or settings.model
     question = clean_question(question, settings)
+    try:
+        explicit = Filters.make(since, until, categories, authors)
+    except FilterError as exc:
+        raise QuestionError(str(exc)) from exc
     messages = normalize_history(history)
     answer = Answer(text="", question=question, standalone_question=question, model=spec)
 
@@ -290,13 +317,17 @@ def stream(
         yield from _whole(answer)
         return
     answer.standalone_question = standalone
-    hits = retrieve(search, k or settings.k, settings=settings)
+    answer.filters = explicit.merged(from_question(standalone))
+    hits = retrieve(search, k or settings.k, settings=settings, filters=answer.filters or None)
     answer.sources = hits
+    note = filter_note(answer.filters, explicit)
 
     if not is_relevant(hits, settings):
-        answer.text, answer.abstained = abstention_text(hits), True
+        answer.text, answer.abstained = note + abstention_text(hits), True
         yield from _whole(answer)
         return
+    if note:
+        yield note
 
     context = [h.paper for h in hits]
     inputs = {"context": format_context(hits), "question": question, "history": messages}
@@ -320,7 +351,7 @@ def stream(
         notice = f"\n\n⚠️ {answer.error}"
         shown.append(notice)
         yield notice
-    text = "".join(shown)
+    text = note + "".join(shown)
     raw = "".join(raw_parts)
     checked = validate(text, context)
     answer.text = checked.text
@@ -353,10 +384,15 @@ def ask(
     k: int | None = None,
     settings: Settings | None = None,
     structured: bool | None = None,
+    **filters: Any,
 ) -> Answer:
-    """`qa.ask`: the final Answer (text with [arXiv:ID] markers, citations, sources)."""
+    """`qa.ask`: the final Answer (text with [arXiv:ID] markers, citations, sources);
+    `since`, `until`, `categories`, `authors` filter the papers as in `qa.stream`."""
     final = None
-    for event in stream(question, history, model, k=k, settings=settings, structured=structured):
+    events = stream(
+        question, history, model, k=k, settings=settings, structured=structured, **filters
+    )
+    for event in events:
         if isinstance(event, Answer):
             final = event
     assert final is not None

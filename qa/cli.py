@@ -31,10 +31,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from qa.chain import QuestionError
     from qa.corpus import CorpusError
+    from qa.filters import FilterError
     from qa.index import IndexUnavailable
     from qa.models import ModelError
+    from qa.similar import UnknownPaper
 
-    return (QuestionError, CorpusError, IndexUnavailable, ModelError)
+    return (QuestionError, CorpusError, IndexUnavailable, ModelError, FilterError, UnknownPaper)
 
 
 # ---------------------------------------------------------------- subcommands
@@ -43,10 +45,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Load files (default: the bundled seeds) and upsert them into the index."""
     from qa.corpus import read_corpus
+    from qa.filters import Filters
     from qa.index import build_index, export_vector_cache, open_index
 
     settings = _settings(args)
     paths = args.paths or [settings.seeds_dir]
+    filters = Filters.make(args.since, args.until, args.category)
+    if filters or _is_large(paths):
+        return _ingest_streamed(paths, filters, settings)
     report = read_corpus(paths)
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -55,6 +61,28 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     print(ingest.summary())
     if args.save_vector_cache:
         print(f"vector cache written to {export_vector_cache(open_index(settings))}")
+    return 0
+
+
+STREAM_BYTES = 64 << 20  # files above this are ingested in batches (bounded memory)
+
+
+def _is_large(paths: Sequence[str]) -> bool:
+    from qa.corpus import corpus_files
+
+    return any(f.stat().st_size > STREAM_BYTES for f in corpus_files(paths))
+
+
+def _ingest_streamed(paths: Sequence[str], filters, settings: Settings) -> int:
+    """Snapshot-sized or filtered ingest: read, filter and index batch by batch."""
+    from qa.snapshot import ingest_stream
+
+    if filters:
+        print(f"keeping papers matching: {filters.describe()}", file=sys.stderr)
+    report = ingest_stream(paths, filters=filters, settings=settings, progress=sys.stderr.isatty())
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(report.summary())
     return 0
 
 
@@ -72,12 +100,22 @@ def _print_answer(answer, as_json: bool) -> None:
         print("\n(no paper cited)")
 
 
-def _stream_answer(question: str, history: list, settings: Settings, as_json: bool):
+def _filter_args(args: argparse.Namespace) -> dict:
+    """The retrieval filters given as flags (`--since`, `--until`, `--categories`, `--authors`)."""
+    return {name: getattr(args, name, None) for name in ("since", "until", "categories", "authors")}
+
+
+def _stream_answer(
+    question: str, history: list, settings: Settings, as_json: bool, filters: dict | None = None
+):
     """Print the answer as it streams (plain mode) and return the final Answer."""
     from qa.chain import Answer, stream
 
     final = None
-    for event in stream(question, history, settings.model, k=settings.k, settings=settings):
+    events = stream(
+        question, history, settings.model, k=settings.k, settings=settings, **(filters or {})
+    )
+    for event in events:
         if isinstance(event, Answer):
             final = event
         elif not as_json:
@@ -88,8 +126,25 @@ def _stream_answer(question: str, history: list, settings: Settings, as_json: bo
 
 def cmd_ask(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    answer = _stream_answer(args.question, [], settings, args.json)
+    answer = _stream_answer(args.question, [], settings, args.json, _filter_args(args))
+    if args.bibtex:
+        print("\n" + answer.bibtex(), end="")
     return 1 if answer.error else 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    """Papers like one paper, by its own embedding."""
+    from qa.similar import similar
+
+    settings = _settings(args)
+    hits = similar(args.id, settings.k, settings=settings, **_filter_args(args))
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
+        return 0
+    for hit in hits:
+        paper = hit.paper
+        print(f"{hit.score:.3f}  [{paper.arxiv_id or paper.key}] {paper.title}")
+    return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -106,7 +161,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if not question:
             return 0
         try:
-            answer = _stream_answer(question, history, settings, False)
+            answer = _stream_answer(question, history, settings, False, _filter_args(args))
         except _user_errors() as exc:
             print(f"error: {exc}", file=sys.stderr)
             continue
@@ -167,6 +222,13 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 
+def _add_filter_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", help="only papers first published on/after YYYY[-MM[-DD]]")
+    p.add_argument("--until", help="only papers first published on/before YYYY[-MM[-DD]]")
+    p.add_argument("--categories", help="only papers in these categories (cs.CL,cs.AI or cs)")
+    p.add_argument("--authors", help="only papers by these authors (full names or surnames)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qa", description="Question answering over arXiv abstracts, with cited arXiv IDs."
@@ -181,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--save-vector-cache", action="store_true", help="write the shipped vector cache"
     )
+    p.add_argument(
+        "--category", action="append", help="keep only papers in this category (cs.CL, or cs)"
+    )
+    p.add_argument("--since", help="keep only papers first published on/after (YYYY[-MM[-DD]])")
+    p.add_argument("--until", help="keep only papers first published on/before (YYYY[-MM[-DD]])")
     p.set_defaults(func=cmd_ingest)
 
     for name, func, text in (
@@ -191,9 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "ask":
             p.add_argument("question")
             p.add_argument("--json", action="store_true", help="print the Answer as JSON")
+            p.add_argument("--bibtex", action="store_true", help="print BibTeX of the cited papers")
         p.add_argument("--model", help="model spec: stub | openai:<m> | ollama:<m> | …")
         p.add_argument("--k", type=int, help="papers given to the model")
+        _add_filter_flags(p)
         p.set_defaults(func=func)
+
+    p = sub.add_parser("similar", help="papers like one paper (by arXiv ID)")
+    p.add_argument("id", help="arXiv ID in any form (2304.04704, arXiv:…, an arxiv.org URL)")
+    p.add_argument("--k", type=int, help="papers to list")
+    p.add_argument("--json", action="store_true", help="print the hits as JSON")
+    _add_filter_flags(p)
+    p.set_defaults(func=cmd_similar)
 
     p = sub.add_parser("serve", help="start the web UI")
     p.add_argument("--host", help="bind address (default: QA_HOST, 127.0.0.1)")

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +81,28 @@ class Settings(BaseSettings):
     port: int = Field(7860, description="UI port.")
     auth: SecretStr | None = Field(None, description="user:password to require a login.")
     concurrency_limit: int = Field(8, ge=1, description="Answers generated at once in the UI.")
+
+    # arXiv metadata and fetching (issue 12)
+    arxiv_delay: float = Field(
+        3.0, ge=0, description="Seconds between arXiv API requests (arXiv asks for 3)."
+    )
+    arxiv_page_size: int = Field(
+        100, ge=1, le=2000, description="Results per arXiv API request (`qa fetch`)."
+    )
+    fetch_max: int = Field(
+        1000, ge=1, le=100_000, description="Papers one `qa fetch` takes at most (--max)."
+    )
+
+    @field_validator("arxiv_api_url")
+    @classmethod
+    def _query_template(cls, url: str) -> str:
+        """A plain endpoint (`http://127.0.0.1:8080/api/query`) gets the `?{}` query slot."""
+        url = url.strip()
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"QA_ARXIV_API_URL={url!r} is not an http(s) URL")
+        if "{}" in url:
+            return url
+        return url + ("&{}" if "?" in url else "?{}")
 
     @property
     def resolve_cache_path(self) -> Path:

@@ -16,19 +16,18 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 
+from qa.arxiv_ids import ARXIV_ID, ArxivIdError, id_month, parse_arxiv_id
+from qa.paper_meta import FIELDS as PAPER_FIELDS
+from qa.paper_meta import row_metadata
+
 log = logging.getLogger(__name__)
 
-# Old-style IDs (0704-1412) have four digits after the dot, new ones five: trying the old form
-# first keeps "arXiv:1405.12343D scenes…" (an ID glued to the next abstract) from eating the "3".
-ARXIV_ID = (
-    r"(?:(?:0[7-9]|1[0-4])\d{2}\.\d{4}|\d{4}\.\d{5}|\d{4}\.\d{4}"
-    r"|[a-z\-]+(?:\.[A-Z]{2})?/\d{7})"
-)
 _ID_LINE = re.compile(rf"^(?i:arxiv):\s*({ARXIV_ID})(?:v\d+)?")
 # A leading "Abstract" is a label when punctuation follows it ("Abstract:", "Abstract.",
 # "Abstract —"), or a capital or digit ("Abstract Language Models (LMs) achieve …", as pasted
@@ -58,6 +57,7 @@ _URL = re.compile(r"https?://|www\.|\.(?:com|org|io|net|edu|ai|me|de|cn)/", re.I
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 CSV_COLUMNS = {"arxiv_id", "id", "title", "abstract", "comment", "summary", "authors", "url"}
 TEXT_SUFFIXES = {".txt", ".md", ""}
+CORPUS_SUFFIXES = TEXT_SUFFIXES | {".jsonl", ".json", ".csv", ".xml", ".atom"}
 
 
 class CorpusError(ValueError):
@@ -74,6 +74,12 @@ class Paper:
     abstract: str
     comment: str = ""
     sources: list[str] = field(default_factory=list)
+    authors: list[str] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)  # primary first
+    published: date | None = None  # first version
+    updated: date | None = None  # latest version
+    doi: str = ""
+    journal_ref: str = ""
 
     @property
     def url(self) -> str | None:
@@ -93,6 +99,12 @@ class Paper:
             "comment": self.comment,
             "sources": list(self.sources),
             "url": self.url,
+            "authors": list(self.authors),
+            "categories": list(self.categories),
+            "published": self.published.isoformat() if self.published else None,
+            "updated": self.updated.isoformat() if self.updated else None,
+            "doi": self.doi,
+            "journal_ref": self.journal_ref,
         }
 
 
@@ -179,6 +191,7 @@ class Record:
     arxiv_id: str | None = None
     comment: str = ""
     line: int = 0
+    meta: dict = field(default_factory=dict)  # authors, categories, dates… (paper_meta.FIELDS)
 
 
 Block = list[tuple[int, str]]  # (line number, text) pairs
@@ -305,9 +318,13 @@ def read_web_dump(lines: list[str], warn: list[str]) -> Iterator[Record]:
         yield Record(abstract=abstract, title=" ".join(title.split()), line=n)
 
 
-def read_jsonl(lines: list[str], warn: list[str]) -> Iterator[Record]:
-    """JSON Lines with `abstract` (required), `title`, `arxiv_id`, `comment`."""
-    for n, line in _nonblank(lines):
+def read_jsonl(lines: Iterable[str], warn: list[str]) -> Iterator[Record]:
+    """JSON Lines with `abstract` (required), `title`, `arxiv_id` (or an arXiv `id`),
+    `comment(s)`, and the metadata fields of the arXiv metadata snapshot. Lazy: a stream of
+    lines is read one at a time."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
             if not isinstance(row, dict):
@@ -333,25 +350,36 @@ def read_csv(lines: list[str], warn: list[str]) -> Iterator[Record]:
 
 
 def _record_from_row(row: dict, n: int, warn: list[str]) -> Record | None:
+    """A JSONL/CSV row (our columns, or the arXiv metadata snapshot's) → Record."""
     abstract = str(row.get("abstract") or "").strip()
     if not abstract:
         warn.append(f"line {n}: no abstract, skipped")
         return None
-    raw_id = str(row.get("arxiv_id") or "").strip().removeprefix("arXiv:").strip()
-    arxiv_id = None
-    if raw_id:
-        match = re.fullmatch(rf"({ARXIV_ID})(?:v\d+)?", raw_id)
-        if match:
-            arxiv_id = match.group(1)
-        else:
-            warn.append(f"line {n}: {raw_id!r} is not an arXiv ID, ignored")
     return Record(
         abstract=abstract,
         title=" ".join(str(row.get("title") or "").split()),
-        arxiv_id=arxiv_id,
-        comment=str(row.get("comment") or "").strip(),
+        arxiv_id=_row_id(row, n, warn),
+        comment=str(row.get("comment") or row.get("comments") or "").strip(),
         line=n,
+        meta=row_metadata(row),
     )
+
+
+_ID_LIKE = re.compile(r"\d{4}\.\d|/\d{7}|arxiv", re.IGNORECASE)
+
+
+def _row_id(row: dict, n: int, warn: list[str]) -> str | None:
+    """`arxiv_id`, else an `id` that is an arXiv ID (the snapshot's); bad ones warned."""
+    for column in ("arxiv_id", "id"):
+        raw = str(row.get(column) or "").strip()
+        if not raw:
+            continue
+        try:
+            return parse_arxiv_id(raw).id
+        except ArxivIdError as exc:
+            if column == "arxiv_id" or _ID_LIKE.search(raw):  # not a user's own row number
+                warn.append(f"line {n}: {exc}; ID ignored")
+    return None
 
 
 READERS = {
@@ -438,40 +466,121 @@ def _to_paper(record: Record, source: str) -> Paper | None:
     abstract = clean_abstract(record.abstract)
     if not abstract:
         return None
-    return Paper(
+    paper = Paper(
         key=record.arxiv_id or content_key(abstract),
         arxiv_id=record.arxiv_id,
         title=record.title,
         abstract=abstract,
         comment=record.comment,
         sources=[source],
+        **record.meta,
     )
+    date_from_id(paper)
+    return paper
 
 
-def read_file(path: str | Path) -> CorpusReport:
-    """Read one file in any supported layout into (not yet de-duplicated) papers."""
-    path = Path(path)
-    text, warnings = read_text(path)
+def date_from_id(paper: Paper) -> None:
+    """A paper with a new- or old-style ID but no date was first published in its ID's month."""
+    if paper.published is None:
+        paper.published = id_month(paper.arxiv_id)
+
+
+SNIFF_BYTES = 1 << 16  # enough of a file to recognise a streamable layout
+
+
+def _streamable(path: Path) -> str | None:
+    """"jsonl" or "atom" when the file's start shows a layout read record by record."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(SNIFF_BYTES)
+            more = bool(handle.read(1))
+    except OSError as exc:
+        raise CorpusError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in head[:8192]:
+        return None  # the whole-file path decodes UTF-16 and refuses binaries
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
+    if text.lstrip().startswith("<") and "<feed" in text:
+        return "atom"
+    lines = split_lines(text)
+    if more and len(lines) > 1:
+        lines = lines[:-1]  # the last line may be cut by the sniff
+    return "jsonl" if detect_layout(lines) == "jsonl" else None
+
+
+def stream_lines(
+    path: Path, warn: list[str], on_read: Callable[[int], None] | None = None
+) -> Iterator[str]:
+    """A file's lines one at a time (constant memory); a line that is not UTF-8 is decoded
+    as cp1252 with a warning naming it. `on_read` hears each line's size (progress bars)."""
+    with open(path, "rb") as handle:
+        for n, raw in enumerate(handle, 1):
+            if on_read:
+                on_read(len(raw))
+            if n == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                warn.append(f"line {n}: not valid UTF-8; decoded as cp1252")
+                yield raw.decode("cp1252", errors="replace")
+
+
+def _records(
+    path: Path, warnings: list[str], on_read: Callable[[int], None] | None = None
+) -> tuple[str, Iterator[Record]]:
+    """(layout, records) of a file: streamed for JSONL and Atom, whole-file otherwise."""
+    layout = _streamable(path)
+    if layout == "jsonl":
+        return layout, read_jsonl(stream_lines(path, warnings, on_read), warnings)
+    if layout == "atom":
+        from qa.atom import read_atom
+
+        return layout, read_atom(path, warnings)
+    text, notes = read_text(path)
+    warnings += notes
     lines = split_lines(text)
     layout = detect_layout(lines)
     if layout is None:
         raise CorpusError(
             f"{path}: unknown layout (expected arXiv-glued abstracts, 'Abstract:' lines, one "
-            "abstract per line, a title/abstract page dump, JSONL or CSV with an abstract column)"
+            "abstract per line, a title/abstract page dump, JSONL, CSV with an abstract column, "
+            "the arXiv metadata snapshot or an arXiv API Atom feed)"
         )
-    papers = []
+    return layout, READERS[layout](lines, warnings)
+
+
+def iter_file(
+    path: str | Path,
+    warnings: list[str],
+    keep: Callable[[Paper], bool] | None = None,
+    on_read: Callable[[int], None] | None = None,
+) -> Iterator[Paper]:
+    """Papers of one file as they are read (JSONL and Atom in constant memory), those `keep`
+    refuses left out; raises CorpusError for a file with no abstracts at all."""
+    path = Path(path)
+    layout, records = _records(path, warnings, on_read)
+    found = 0
     try:
-        for record in READERS[layout](lines, warnings):
+        for record in records:
             paper = _to_paper(record, path.name)
             if paper is None:
                 warnings.append(f"line {record.line}: empty abstract, skipped")
-            else:
-                papers.append(paper)
+                continue
+            found += 1
+            if keep is None or keep(paper):
+                yield paper
     except CorpusError as exc:
         raise CorpusError(f"{path}: {exc}") from exc
-    if not papers:
+    if not found:
         raise CorpusError(f"{path}: no abstracts found ({layout} layout)")
-    log.debug("%s: %s layout, %d papers", path, layout, len(papers))
+    log.debug("%s: %s layout, %d papers", path, layout, found)
+
+
+def read_file(path: str | Path, keep: Callable[[Paper], bool] | None = None) -> CorpusReport:
+    """Read one file in any supported layout into (not yet de-duplicated) papers."""
+    path = Path(path)
+    warnings: list[str] = []
+    papers = list(iter_file(path, warnings, keep))
     return CorpusReport(papers, [f"{path.name}: {w}" for w in warnings])
 
 
@@ -546,6 +655,7 @@ class Metadata:
         if arxiv_id and not paper.arxiv_id:
             paper.arxiv_id = arxiv_id
             paper.key = arxiv_id
+            date_from_id(paper)
         if title and not paper.title:
             paper.title = title
 
@@ -577,6 +687,9 @@ def merge(into: Paper, other: Paper) -> None:
         into.arxiv_id, into.key = other.arxiv_id, other.arxiv_id
     into.title = into.title or other.title
     into.comment = into.comment or other.comment
+    for name in PAPER_FIELDS:  # authors, categories, dates…: the first known value
+        if not getattr(into, name) and getattr(other, name):
+            setattr(into, name, getattr(other, name))
     if _latex_debris(other.abstract) < _latex_debris(into.abstract):
         into.abstract = other.abstract
 
@@ -618,10 +731,12 @@ def corpus_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
                 for f in p.iterdir()
                 if f.is_file()
                 and not f.name.startswith(".")
-                and f.suffix.lower() in TEXT_SUFFIXES | {".jsonl", ".csv"}
+                and f.suffix.lower() in CORPUS_SUFFIXES
             )
             if not found:
-                raise CorpusError(f"{p}: no corpus files (.txt, .md, .jsonl, .csv) in this folder")
+                raise CorpusError(
+                    f"{p}: no corpus files (.txt, .md, .jsonl, .json, .csv, .xml) in this folder"
+                )
             files += found
         elif p.exists():
             files.append(p)
@@ -630,24 +745,41 @@ def corpus_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def read_corpus(
-    paths: str | Path | Iterable[str | Path], metadata: Iterable[Path] | None = None
-) -> CorpusReport:
-    """Read, join metadata and de-duplicate; raises `CorpusError` on an unusable file."""
+def iter_corpus(
+    paths: str | Path | Iterable[str | Path],
+    warnings: list[str],
+    metadata: Iterable[Path] | None = None,
+    keep: Callable[[Paper], bool] | None = None,
+    on_read: Callable[[int], None] | None = None,
+) -> Iterator[Paper]:
+    """Papers of every file as they are read, metadata joined, those `keep` refuses left out
+    (not de-duplicated: a stream of any size). Warnings are prefixed with the file name;
+    `on_read` hears the bytes read of line-based files."""
     from qa.config import get_settings
 
     if metadata is None:
         settings = get_settings()
         metadata = [settings.metadata_path, settings.resolve_cache_path]
     meta = Metadata.load(metadata)
-    papers: list[Paper] = []
-    warnings: list[str] = []
     for path in corpus_files(paths):
-        report = read_file(path)
-        for paper in report.papers:
-            meta.apply(paper)
-        papers += report.papers
-        warnings += report.warnings
+        notes: list[str] = []
+        try:
+            for paper in iter_file(path, notes, on_read=on_read):
+                meta.apply(paper)
+                if keep is None or keep(paper):
+                    yield paper
+        finally:
+            warnings += [f"{path.name}: {w}" for w in notes]
+
+
+def read_corpus(
+    paths: str | Path | Iterable[str | Path],
+    metadata: Iterable[Path] | None = None,
+    keep: Callable[[Paper], bool] | None = None,
+) -> CorpusReport:
+    """Read, join metadata, filter and de-duplicate; raises `CorpusError` on an unusable file."""
+    warnings: list[str] = []
+    papers = list(iter_corpus(paths, warnings, metadata, keep))
     for warning in warnings:
         log.warning(warning)
     return CorpusReport(deduplicate(papers), warnings)

@@ -34,6 +34,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 from qa.config import PROJECT_ROOT, Settings, get_settings
 from qa.corpus import Paper
 from qa.embeddings import get_embeddings, token_length
+from qa.paper_meta import digest_parts, from_chroma, to_chroma
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def paper_hash(paper: Paper, max_tokens: int | None = None) -> str:
     only adds its name to the stored `sources` (a metadata update, nothing re-embedded).
     """
     parts = [paper.key, paper.arxiv_id or "", paper.title, paper.abstract, paper.comment]
+    parts += digest_parts(paper)  # authors, categories, dates: filters read them from chunks
     if max_tokens is not None:  # chunk boundaries depend on the window
         parts.append(str(max_tokens))
     return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()[:16]
@@ -92,6 +94,7 @@ def chunk_paper(
         "sources": ",".join(paper.sources),
         "paper_hash": digest,
         "n_chunks": len(pieces),
+        **to_chroma(paper),  # on every chunk: Chroma `where` filters select chunks
     }
     chunks = []
     for i, piece in enumerate(pieces):
@@ -132,6 +135,7 @@ def paper_from_metadata(meta: dict) -> Paper:
         abstract=meta.get("abstract", ""),
         comment=meta.get("comment", ""),
         sources=[s for s in meta.get("sources", "").split(",") if s],
+        **from_chroma(meta),
     )
 
 

@@ -20,6 +20,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from difflib import SequenceMatcher
@@ -31,7 +32,8 @@ import requests
 from lxml import etree
 
 from qa.config import Settings, get_settings
-from qa.corpus import ARXIV_ID, Metadata, Paper, normalize
+from qa.arxiv_ids import try_normalize_id
+from qa.corpus import Metadata, Paper, date_from_id, normalize
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,6 @@ _TOKEN_EDGES = "([{\"'“‘"
 _TOKEN_TAILS = ".,;:!?)]}\"'”’"
 _CLOSERS = ")]}\"'”’"
 _CLEAN_TOKEN = re.compile(r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*")
-_VERSION = re.compile(r"v\d+$")
 _STOPWORDS = frozenset(
     {"a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "in", "is"}
     | {"it", "its", "of", "on", "or", "our", "that", "the", "their", "this", "to", "we", "with"}
@@ -137,15 +138,14 @@ def make_client(
     delay_seconds: float = DELAY_SECONDS,
     num_retries: int = NUM_RETRIES,
     timeout: float = TIMEOUT,
+    page_size: int = MAX_RESULTS,
 ) -> arxiv.Client:
     """An arxiv Client for `url_format` (default: settings.arxiv_api_url), polite and bounded.
 
     The request's `max_results` is the client's `page_size` (not `Search.max_results`), so the
     page size is what keeps each answer small.
     """
-    client = arxiv.Client(
-        page_size=MAX_RESULTS, delay_seconds=delay_seconds, num_retries=num_retries
-    )
+    client = arxiv.Client(page_size=page_size, delay_seconds=delay_seconds, num_retries=num_retries)
     client.query_url_format = url_format or get_settings().arxiv_api_url
     client._session = _Session(timeout)  # the package offers no public hook for a timeout
     return client
@@ -167,10 +167,17 @@ def _reason(exc: BaseException) -> str:
 
 def search(client: arxiv.Client, query: str) -> list[arxiv.Result]:
     """Run one query; every failure becomes a `ResolveError` with a one-line message."""
-    base = api_base(client)
     log.debug("arXiv query: %s", query)
-    try:
+    with api_errors(client):
         return list(client.results(arxiv.Search(query=query, max_results=MAX_RESULTS)))
+
+
+@contextmanager
+def api_errors(client: arxiv.Client) -> Iterator[None]:
+    """Every failure of an arXiv API call inside becomes a one-line `ResolveError`."""
+    base = api_base(client)
+    try:
+        yield
     except requests.exceptions.RequestException as exc:
         raise ResolveError(f"arXiv API unreachable at {base}: {_reason(exc)}") from exc
     except arxiv.HTTPError as exc:
@@ -184,15 +191,9 @@ def search(client: arxiv.Client, query: str) -> list[arxiv.Result]:
 # ---------------------------------------------------------------- queries
 
 
-def strip_version(arxiv_id: str) -> str:
-    """2306.15875v2 → 2306.15875: the corpus cites papers, not versions."""
-    return _VERSION.sub("", arxiv_id.strip())
-
-
 def result_id(result: arxiv.Result) -> str | None:
     """The version-less ID of a result, or None for anything that is not an arXiv ID."""
-    short = strip_version(result.get_short_id())
-    return short if re.fullmatch(ARXIV_ID, short) else None
+    return try_normalize_id(result.entry_id)
 
 
 def _segments(text: str) -> list[list[str]]:
@@ -348,6 +349,7 @@ def apply_id(paper: Paper, arxiv_id: str, title: str) -> None:
     paper.arxiv_id = arxiv_id
     paper.key = arxiv_id
     paper.title = paper.title or title
+    date_from_id(paper)
 
 
 # ---------------------------------------------------------------- entry point

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +31,7 @@ from bm25s.stopwords import STOPWORDS_EN
 from qa.citations import ARXIV_ID as CITED_ID
 from qa.config import Settings, get_settings
 from qa.corpus import Paper
+from qa.filters import FilterMasks, Filters
 from qa.index import Index, ensure_index, open_index
 
 log = logging.getLogger(__name__)
@@ -233,28 +235,36 @@ class Retriever:
         self.index = index
         self.keyword_index = KeywordIndex()
         self.lock = threading.Lock()
+        self.filter_masks = FilterMasks()
 
-    def keyword(self, query_stems: list[str], n: int) -> KeywordResult:
-        """The top `n` chunks by BM25 (a consistent snapshot even while Chroma changes)."""
+    def keyword(self, query_stems: list[str], n: int, filters: Filters | None = None) -> KeywordResult:
+        """The top `n` chunks by BM25 (a consistent snapshot even while Chroma changes),
+        among the chunks `filters` allows."""
         with self.lock:
             self.keyword_index.refresh(self.index)
             kw = self.keyword_index
             scores = kw.scores(query_stems)
             ids, row_of = kw.ids, kw.row_of
+            allowed = self.filter_masks.get(self.index, kw, filters) if filters else None
         top: dict[str, float] = {}
         if len(scores):
-            rows = np.argpartition(-scores, min(n, len(scores) - 1))[:n]
-            top = {ids[r]: float(scores[r]) for r in rows if scores[r] > 0}
+            ranked = scores if allowed is None else np.where(allowed, scores, 0.0)
+            rows = np.argpartition(-ranked, min(n, len(ranked) - 1))[:n]
+            top = {ids[r]: float(ranked[r]) for r in rows if ranked[r] > 0}
         return KeywordResult(top, scores, row_of, kw)
 
-    def dense_candidates(self, vector: list[float], n: int) -> dict[str, float]:
-        """chunk id → cosine for the `n` nearest chunks (ids and distances only: cheap)."""
+    def dense_candidates(
+        self, vector: list[float], n: int, filters: Filters | None = None
+    ) -> dict[str, float]:
+        """chunk id → cosine for the `n` nearest chunks `filters` allows (ids and distances
+        only: cheap)."""
         size = max(self.keyword_index.count, 1)
         got = self.index.call(
             self.index.collection.query,
             query_embeddings=[vector],
             n_results=max(1, min(n, size)),
             include=["distances"],
+            where=filters.where() if filters else None,
         )
         return {
             cid: 1.0 - dist for cid, dist in zip(got["ids"][0], got["distances"][0], strict=True)
@@ -271,16 +281,19 @@ class Retriever:
             for cid, emb in zip(got["ids"], got["embeddings"], strict=True)
         }
 
-    def retrieve(self, question: str, k: int, mode: Mode, settings: Settings) -> list[Hit]:
+    def retrieve(
+        self, question: str, k: int, mode: Mode, settings: Settings, filters: Filters | None = None
+    ) -> list[Hit]:
         n = max(settings.candidates, k * 4)
         named = {m.group(1) for m in _ID_IN_TEXT.finditer(question)}
-        pinned = set(self.index.papers(sorted(named))) if named else set()  # known papers only
+        known = self.index.papers(sorted(named)) if named else {}
+        pinned = {key for key, p in known.items() if not filters or filters.matches(p)}
         query = _ID_IN_TEXT.sub(" ", question)
         query_stems = stems(query)
-        keyword = self.keyword(query_stems, n)  # also refreshes the index snapshot
+        keyword = self.keyword(query_stems, n, filters)  # also refreshes the index snapshot
         top_kw = keyword.top if mode != "dense" else {}
         vector = self.index.embeddings.embed_query(query) if mode != "keyword" else None
-        cos = self.dense_candidates(vector, n) if vector is not None else {}
+        cos = self.dense_candidates(vector, n, filters) if vector is not None else {}
 
         chunk_ids = set(top_kw) | set(cos)
         if vector is not None:
@@ -394,13 +407,21 @@ def retrieve(
     *,
     mode: Mode = "hybrid",
     settings: Settings | None = None,
+    since: str | date | None = None,
+    until: str | date | None = None,
+    categories: str | list[str] | None = None,
+    authors: str | list[str] | None = None,
+    filters: Filters | None = None,
 ) -> list[Hit]:
-    """`qa.retrieve`: the k most relevant papers, best first, one Hit per paper."""
+    """`qa.retrieve`: the k most relevant papers, best first, one Hit per paper; with filters
+    (period of first version, categories, authors) only papers that satisfy them."""
     settings = settings or get_settings()
+    filters = (filters or Filters()).merged(Filters.make(since, until, categories, authors))
     question = " ".join(question.split())
     if not question:
         return []
-    return get_retriever(settings).retrieve(question, k or settings.k, mode, settings)
+    retriever = get_retriever(settings)
+    return retriever.retrieve(question, k or settings.k, mode, settings, filters or None)
 
 
 def relevance(hit: Hit) -> float:

@@ -479,12 +479,6 @@ def test_resolved_ids_reach_read_corpus(serve, settings, tmp_path, capsys):
 # ---------------------------------------------------------------- pure helpers
 
 
-def test_strip_version():
-    assert resolve.strip_version("2306.15875v2") == "2306.15875"
-    assert resolve.strip_version("quant-ph/0201082v1") == "quant-ph/0201082"
-    assert resolve.strip_version("2306.15875") == "2306.15875"
-
-
 def test_title_query_drops_punctuation_and_splits_at_maths():
     assert resolve.title_query('Skill-it "Now"') == 'ti:"Skill it Now"'
     assert resolve.title_query(r"Learning $\alpha$ Fast Models") == (
