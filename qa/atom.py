@@ -67,7 +67,7 @@ def result_row(result: arxiv.Result) -> dict:
 
 def read_atom(path: Path, warn: list[str]) -> Iterator[Record]:
     """Records of a saved Atom feed, one `<entry>` at a time."""
-    from qa.corpus import CorpusError, _record_from_row
+    from qa.corpus import CorpusError, record_from_row
 
     n = 0
     try:
@@ -75,7 +75,7 @@ def read_atom(path: Path, warn: list[str]) -> Iterator[Record]:
             str(path), tag=f"{ATOM}entry", resolve_entities=False, no_network=True, huge_tree=True
         ):
             n += 1
-            record = _record_from_row(entry_row(entry), entry.sourceline or n, warn)
+            record = record_from_row(entry_row(entry), entry.sourceline or n, warn)
             entry.clear(keep_tail=False)
             while entry.getprevious() is not None:  # drop what iterparse keeps of read entries
                 del entry.getparent()[0]

@@ -1,4 +1,4 @@
-"""The `qa` command: ingest, ask, chat, serve, eval, resolve.
+"""The `qa` command: ingest, ask, chat, serve, eval, resolve, fetch, similar.
 
 Every subcommand reads the one Settings object; flags override it for that run. Errors a user
 can act on (bad file, missing key, dead server, unreachable index) print one clear line and
@@ -31,12 +31,16 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from qa.chain import QuestionError
     from qa.corpus import CorpusError
+    from qa.fetch import FetchError
     from qa.filters import FilterError
     from qa.index import IndexUnavailable
     from qa.models import ModelError
     from qa.similar import UnknownPaper
 
-    return (QuestionError, CorpusError, IndexUnavailable, ModelError, FilterError, UnknownPaper)
+    return (
+        *(QuestionError, CorpusError, IndexUnavailable, ModelError),
+        *(FilterError, UnknownPaper, FetchError),
+    )
 
 
 # ---------------------------------------------------------------- subcommands
@@ -130,6 +134,21 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.bibtex:
         print("\n" + answer.bibtex(), end="")
     return 1 if answer.error else 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    """Papers from the arXiv API for a query, recorded and indexed page by page."""
+    from qa.fetch import fetch
+
+    settings = _settings(args)
+    report = fetch(args.query, args.max, settings=settings, progress=sys.stderr.isatty())
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(report.summary())
+    if report.error:
+        print(f"error: {report.error}; run the same command again to continue", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
@@ -263,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--k", type=int, help="papers given to the model")
         _add_filter_flags(p)
         p.set_defaults(func=func)
+
+    p = sub.add_parser("fetch", help="fetch papers from the arXiv API and index them")
+    p.add_argument("query", help="arXiv query, e.g. 'cat:cs.CL AND submittedDate:[2024 TO 2025]'")
+    p.add_argument("--max", type=int, help="papers to take this run (default: QA_FETCH_MAX)")
+    p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("similar", help="papers like one paper (by arXiv ID)")
     p.add_argument("id", help="arXiv ID in any form (2304.04704, arXiv:…, an arxiv.org URL)")

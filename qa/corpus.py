@@ -332,7 +332,7 @@ def read_jsonl(lines: Iterable[str], warn: list[str]) -> Iterator[Record]:
         except ValueError as exc:
             warn.append(f"line {n}: invalid JSON, skipped ({exc})")
             continue
-        record = _record_from_row({str(k).strip().lower(): v for k, v in row.items()}, n, warn)
+        record = record_from_row({str(k).strip().lower(): v for k, v in row.items()}, n, warn)
         if record:
             yield record
 
@@ -344,12 +344,12 @@ def read_csv(lines: list[str], warn: list[str]) -> Iterator[Record]:
     if "abstract" not in reader.fieldnames:
         raise CorpusError(f"line 1: CSV header has no 'abstract' column ({reader.fieldnames})")
     for row in reader:
-        record = _record_from_row(row, reader.line_num, warn)
+        record = record_from_row(row, reader.line_num, warn)
         if record:
             yield record
 
 
-def _record_from_row(row: dict, n: int, warn: list[str]) -> Record | None:
+def record_from_row(row: dict, n: int, warn: list[str]) -> Record | None:
     """A JSONL/CSV row (our columns, or the arXiv metadata snapshot's) → Record."""
     abstract = str(row.get("abstract") or "").strip()
     if not abstract:
@@ -462,7 +462,7 @@ def read_text(path: Path) -> tuple[str, list[str]]:
     raise CorpusError(f"{path}: cannot decode text")  # pragma: no cover - latin-1 never fails
 
 
-def _to_paper(record: Record, source: str) -> Paper | None:
+def paper_from_record(record: Record, source: str) -> Paper | None:
     abstract = clean_abstract(record.abstract)
     if not abstract:
         return None
@@ -489,7 +489,7 @@ SNIFF_BYTES = 1 << 16  # enough of a file to recognise a streamable layout
 
 
 def _streamable(path: Path) -> str | None:
-    """"jsonl" or "atom" when the file's start shows a layout read record by record."""
+    """ "jsonl" or "atom" when the file's start shows a layout read record by record."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(SNIFF_BYTES)
@@ -562,7 +562,7 @@ def iter_file(
     found = 0
     try:
         for record in records:
-            paper = _to_paper(record, path.name)
+            paper = paper_from_record(record, path.name)
             if paper is None:
                 warnings.append(f"line {record.line}: empty abstract, skipped")
                 continue

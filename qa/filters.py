@@ -165,7 +165,8 @@ def _day(value: str | date | None, name: str, *, first: bool) -> date | None:
             return date(year, month, 1 if first else calendar.monthrange(year, month)[1])
         return date.fromisoformat(text)
     except ValueError as exc:
-        raise FilterError(f"{name}={text!r} is not a date (use YYYY-MM-DD, YYYY-MM or YYYY)") from exc
+        hint = "use YYYY-MM-DD, YYYY-MM or YYYY"
+        raise FilterError(f"{name}={text!r} is not a date ({hint})") from exc
 
 
 def _values(value: str | list[str] | tuple[str, ...] | None, name: str) -> tuple[str, ...]:
@@ -198,7 +199,8 @@ def from_question(question: str) -> Filters:
     for match in _CATEGORY_WORD.finditer(question):
         name = match.group(1) or match.group(2)
         head, _, sub = name.partition(".")
-        cats.append(f"{head.lower()}.{sub.upper() if len(sub) == 2 else sub}" if sub else head.lower())
+        sub = sub.upper() if len(sub) == 2 else sub
+        cats.append(f"{head.lower()}.{sub}" if sub else head.lower())
     return Filters(since, until, tuple(dict.fromkeys(cats)))
 
 

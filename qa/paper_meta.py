@@ -53,16 +53,20 @@ def _name(value: Any) -> str:
     if isinstance(value, dict):
         return str(value.get("name", ""))
     if isinstance(value, list | tuple):
-        last, first, suffix = (list(value) + ["", "", ""])[:3]
+        last, first, suffix = [*value, "", "", ""][:3]
         return " ".join(str(p) for p in (first, last, suffix) if p)
     return str(value)
 
 
 def split_categories(value: Any, primary: str | None = None) -> list[str]:
-    """"cs.CL cs.AI" or a list → categories, primary first, duplicates dropped."""
+    """ "cs.CL cs.AI" or a list → categories, primary first, duplicates dropped."""
     items = value if isinstance(value, list) else str(value or "").replace(",", " ").split()
     cats = [str(c).strip() for c in ([primary] if primary else []) + list(items)]
     return list(dict.fromkeys(c for c in cats if c and _CATEGORY.fullmatch(c)))
+
+
+def _one_line(value: Any) -> str:
+    return " ".join(str(value or "").split())
 
 
 def row_metadata(row: dict) -> dict[str, Any]:
@@ -79,7 +83,7 @@ def row_metadata(row: dict) -> dict[str, Any]:
         "published": published or parse_date(row.get("published") or row.get("date")),
         "updated": updated,
         "doi": str(row.get("doi") or "").strip(),
-        "journal_ref": " ".join(str(row.get("journal-ref") or row.get("journal_ref") or "").split()),
+        "journal_ref": _one_line(row.get("journal-ref") or row.get("journal_ref")),
     }
 
 

@@ -31,8 +31,8 @@ import arxiv
 import requests
 from lxml import etree
 
-from qa.config import Settings, get_settings
 from qa.arxiv_ids import try_normalize_id
+from qa.config import Settings, get_settings
 from qa.corpus import Metadata, Paper, date_from_id, normalize
 
 log = logging.getLogger(__name__)

@@ -237,7 +237,9 @@ class Retriever:
         self.lock = threading.Lock()
         self.filter_masks = FilterMasks()
 
-    def keyword(self, query_stems: list[str], n: int, filters: Filters | None = None) -> KeywordResult:
+    def keyword(
+        self, query_stems: list[str], n: int, filters: Filters | None = None
+    ) -> KeywordResult:
         """The top `n` chunks by BM25 (a consistent snapshot even while Chroma changes),
         among the chunks `filters` allows."""
         with self.lock:

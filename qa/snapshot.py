@@ -43,7 +43,8 @@ def batched(papers: Iterable[Paper], size: int) -> Iterator[list[Paper]]:
         yield batch
 
 
-def _add(total: IngestReport, part: IngestReport) -> None:
+def merge_reports(total: IngestReport, part: IngestReport) -> None:
+    """Add one ingest report's counts to a running total."""
     for f in dataclasses.fields(IngestReport):
         value = getattr(part, f.name)
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -81,6 +82,6 @@ def ingest_stream(
             unique = deduplicate(chunk)
             report.kept += len(unique)
             report.batches += 1
-            _add(report.ingest, write(unique, settings=settings, progress=False))
+            merge_reports(report.ingest, write(unique, settings=settings, progress=False))
             bar.set_postfix(papers=report.kept, refresh=False)
     return report

@@ -8,6 +8,8 @@ import pytest
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
+pytest_plugins = ["fake_arxiv"]  # the loopback arXiv API (`serve` fixture)
+
 
 @pytest.fixture(autouse=True)
 def isolated_settings(tmp_path, monkeypatch):

@@ -7,14 +7,9 @@ import csv
 import json
 import re
 import socket
-import threading
-import time
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
-from xml.sax.saxutils import escape
 
 import pytest
+from fake_arxiv import Entry, contains, feed
 
 from qa import resolve
 from qa.corpus import Paper, content_key, read_corpus
@@ -38,140 +33,6 @@ KOSMOS_ABSTRACT = (
     "construct large-scale data of grounded image-text pairs (called GrIT) to train the model."
 )
 KOSMOS_TITLE = "Kosmos-2: Grounding Multimodal Large Language Models to the World"
-
-
-# ---------------------------------------------------------------- a fake arXiv API
-
-
-@dataclass
-class Entry:
-    arxiv_id: str  # with version, as the API reports it
-    title: str
-    summary: str
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def _contains(haystack: str, phrase: str) -> bool:
-    """Phrase match on word tokens, as a search engine's phrase query does."""
-    return f" {' '.join(_words(phrase))} " in f" {' '.join(_words(haystack))} "
-
-
-def feed(entries: list[Entry], query: str = "") -> bytes:
-    """An Atom feed shaped like the arXiv API's (user manual, 'Details of Atom Results')."""
-    items = []
-    for e in entries:
-        url = f"http://arxiv.org/abs/{e.arxiv_id}"
-        # the API wraps long titles and abstracts over lines; the client must cope
-        title = escape(e.title).replace(" Deep ", "\n  Deep ")
-        items.append(
-            f"""
-  <entry>
-    <id>{url}</id>
-    <updated>2023-06-28T06:31:47Z</updated>
-    <published>2023-06-28T06:31:47Z</published>
-    <title>{title}</title>
-    <summary>  {escape(e.summary)}
-</summary>
-    <author><name>A. Author</name></author>
-    <arxiv:comment>Accepted by INTERSPEECH 2023</arxiv:comment>
-    <link href="{url}" rel="alternate" type="text/html"/>
-    <link title="pdf" href="{url.replace("/abs/", "/pdf/")}" rel="related"
-          type="application/pdf"/>
-    <arxiv:primary_category term="cs.SD" scheme="http://arxiv.org/schemas/atom"/>
-    <category term="cs.SD" scheme="http://arxiv.org/schemas/atom"/>
-  </entry>"""
-        )
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<feed xmlns="http://www.w3.org/2005/Atom" xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/"
-      xmlns:arxiv="http://arxiv.org/schemas/atom">
-  <link href="http://arxiv.org/api/query" rel="self" type="application/atom+xml"/>
-  <title type="html">ArXiv Query: search_query={escape(query)}</title>
-  <id>http://arxiv.org/api/fake</id>
-  <updated>2023-07-01T00:00:00-04:00</updated>
-  <opensearch:totalResults>{len(entries)}</opensearch:totalResults>
-  <opensearch:startIndex>0</opensearch:startIndex>
-  <opensearch:itemsPerPage>{len(entries)}</opensearch:itemsPerPage>{"".join(items)}
-</feed>
-""".encode()
-
-
-class FakeArxiv:
-    """Answers `search_query` by phrase-matching its entries; records every request.
-
-    `loose=True` returns every entry for every query, like a relevance search that also lists
-    near misses. `body`/`status`/`delay` override the answer to simulate a broken API.
-    """
-
-    def __init__(self, entries: list[Entry], *, loose: bool = False) -> None:
-        self.entries = entries
-        self.loose = loose
-        self.requests: list[dict[str, str]] = []
-        self.body: bytes | None = None
-        self.status = 200
-        self.delay = 0.0
-        self.fail_from: int | None = None  # answer HTTP 503 from this request on
-
-    def answer(self, query: str) -> list[Entry]:
-        if self.loose:
-            return list(self.entries)
-        clauses = re.findall(r'(ti|abs):"([^"]*)"', query)
-        return [
-            e
-            for e in self.entries
-            if clauses
-            and all(_contains(e.title if f == "ti" else e.summary, p) for f, p in clauses)
-        ]
-
-    def handler(self) -> type[BaseHTTPRequestHandler]:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                parts = urlsplit(self.path)
-                params = {k: v[0] for k, v in parse_qs(parts.query).items()}
-                fake.requests.append({"path": parts.path, **params})
-                time.sleep(fake.delay)
-                query = params.get("search_query", "")
-                body = fake.body if fake.body is not None else feed(fake.answer(query), query)
-                failing = fake.fail_from is not None and len(fake.requests) > fake.fail_from
-                try:
-                    self.send_response(503 if failing else fake.status)
-                    self.send_header("Content-Type", "application/atom+xml; charset=utf-8")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        return Handler
-
-    @property
-    def queries(self) -> list[str]:
-        return [r.get("search_query", "") for r in self.requests]
-
-
-@pytest.fixture
-def serve():
-    """Start a FakeArxiv on 127.0.0.1 (free port); returns (fake, url_format)."""
-    servers = []
-
-    def start(entries: list[Entry], **kwargs) -> tuple[FakeArxiv, str]:
-        fake = FakeArxiv(entries, **kwargs)
-        server = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        servers.append(server)
-        return fake, f"http://127.0.0.1:{server.server_address[1]}/api/query?{{}}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
@@ -260,7 +121,7 @@ def test_paper_without_title_is_searched_by_an_abstract_phrase(serve, settings):
     [query] = fake.queries
     phrase = re.fullmatch(r'abs:"([^"]+)"', query).group(1)
     assert resolve.MIN_PHRASE_WORDS <= len(phrase.split()) <= 12
-    assert _contains(KOSMOS_ABSTRACT, phrase)
+    assert contains(KOSMOS_ABSTRACT, phrase)
     assert (p.arxiv_id, p.key, p.title) == ("2306.14824", "2306.14824", KOSMOS_TITLE)
 
 
@@ -491,7 +352,7 @@ def test_abstract_phrase_is_a_contiguous_run_within_one_sentence():
     phrase = resolve.abstract_phrase(BACKDOOR_ABSTRACT)
     assert len(phrase.split()) >= resolve.MIN_PHRASE_WORDS
     sentences = re.split(r"(?<=[.!?])\s+", BACKDOOR_ABSTRACT)
-    assert any(_contains(s, phrase) for s in sentences)
+    assert any(contains(s, phrase) for s in sentences)
     assert resolve.abstract_phrase("Too short to search. Really.") is None
 
 
