@@ -73,7 +73,7 @@ class Answer:
 
     def bibtex(self) -> str:
         """BibTeX entries of the cited papers."""
-        from qa.bibtex import bibtex
+        from qa.bibliography import bibtex
 
         return bibtex(self.citations)
 

@@ -29,13 +29,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from qa.arxiv_api import FetchError
     from qa.chain import QuestionError
     from qa.corpus import CorpusError
-    from qa.fetch import FetchError
     from qa.filters import FilterError
     from qa.index import IndexUnavailable
     from qa.models import ModelError
-    from qa.similar import UnknownPaper
+    from qa.similarity import UnknownPaper
 
     return (
         *(QuestionError, CorpusError, IndexUnavailable, ModelError),
@@ -138,7 +138,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Papers from the arXiv API for a query, recorded and indexed page by page."""
-    from qa.fetch import fetch
+    from qa.arxiv_api import fetch
 
     settings = _settings(args)
     report = fetch(args.query, args.max, settings=settings, progress=sys.stderr.isatty())
@@ -153,7 +153,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_similar(args: argparse.Namespace) -> int:
     """Papers like one paper, by its own embedding."""
-    from qa.similar import similar
+    from qa.similarity import similar
 
     settings = _settings(args)
     hits = similar(args.id, settings.k, settings=settings, **_filter_args(args))

@@ -120,8 +120,7 @@ class FakeArxiv:
         return [
             e
             for e in self.entries
-            if clauses
-            and all(contains(e.title if f == "ti" else e.summary, p) for f, p in clauses)
+            if clauses and all(contains(e.title if f == "ti" else e.summary, p) for f, p in clauses)
         ]
 
     def page(self, params: dict[str, str]) -> bytes:

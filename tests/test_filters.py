@@ -1,0 +1,271 @@
+"""Filters (period, categories, authors) on both retrieval channels, from flags and from the
+question; `qa.similar`; BibTeX of cited papers — on a real index of the bundled seeds plus
+papers with categories and authors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date
+
+import pytest
+from pybtex.database import parse_string
+
+import qa
+from qa.cli import main
+from qa.config import Settings, get_settings
+from qa.corpus import Paper, load_corpus
+from qa.filters import FilterError, Filters, from_question
+from qa.index import build_index
+from qa.similarity import UnknownPaper
+
+TOPICS = {  # category → (authors, sentences the abstracts are made of)
+    "cs.CV": (
+        ["Alice Zhang", "Bruno Costa"],
+        "We segment medical images with a convolutional encoder-decoder. "
+        "Our image segmentation network improves boundary accuracy on CT scans.",
+    ),
+    "cs.CL": (
+        ["Carla Rossi", "Alice Zhang"],
+        "We fine-tune language models for machine translation of low-resource languages. "
+        "Our translation model improves BLEU with back-translated data.",
+    ),
+    "hep-th": (
+        ["Dmitri Volkov"],
+        "We study string theory compactifications with flux. "
+        "The moduli space of these vacua is computed with holography.",
+    ),
+}
+
+
+def extra_papers() -> list[Paper]:
+    """24 papers: eight per topic, one each year 2018–2025, with metadata."""
+    papers = []
+    for t, (cat, (authors, text)) in enumerate(TOPICS.items()):
+        for i, year in enumerate(range(2018, 2026)):
+            key = f"{year % 100:02d}{i + 1:02d}.{90000 + t * 10 + i:05d}"
+            papers.append(
+                Paper(
+                    key=key,
+                    arxiv_id=key,
+                    title=f"{cat} study {year}: {text.split('.')[0][3:40]}",
+                    abstract=f"{text} Variant {i} of the method, year {year}.",
+                    authors=list(authors),
+                    categories=[cat, "cs.LG"] if cat.startswith("cs") else [cat],
+                    published=date(year, i + 1, 15),
+                )
+            )
+    return papers
+
+
+@dataclass
+class Built:
+    env: dict[str, str]
+    papers: list[Paper]
+
+    def activate(self, monkeypatch) -> Settings:
+        for name, value in self.env.items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        return get_settings()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Built:
+    root = tmp_path_factory.mktemp("filters")
+    env = {"QA_PERSIST_DIR": str(root / "vectorstore"), "QA_COLLECTION": "filters"}
+    settings = Settings(persist_dir=env["QA_PERSIST_DIR"], collection="filters")
+    papers = load_corpus(settings.seeds_dir) + extra_papers()
+    build_index(papers, settings=settings, progress=False)
+    return Built(env, papers)
+
+
+@pytest.fixture
+def index_env(built, monkeypatch) -> Built:
+    built.activate(monkeypatch)
+    return built
+
+
+QUESTIONS = [
+    "machine unlearning in large language models",
+    "What is POMP?",
+    "image segmentation of CT scans",
+    "string theory flux compactifications",
+    "backdoor attacks on speech classification",
+]
+FILTERS = [
+    {"since": "2024-01-01"},
+    {"since": "2023-01-01", "until": "2023-06-30"},
+    {"until": "2021-12-31"},
+    {"categories": ["cs.CV"]},
+    {"categories": "hep-th,cs.CL"},
+    {"categories": ["cs"]},  # an archive: every cs.* category
+    {"authors": ["zhang"]},  # a surname, any case
+    {"authors": "Dmitri Volkov", "since": "2022"},
+]
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "keyword", "dense"])
+@pytest.mark.parametrize("given", FILTERS, ids=lambda f: json.dumps(f))
+def test_every_hit_satisfies_the_filter_and_k_are_returned(index_env, mode, given):
+    flt = Filters.make(**given)
+    matching = [p for p in index_env.papers if flt.matches(p)]
+    assert matching, "the filter must select some papers for this test to mean anything"
+    k = 5
+    for question in QUESTIONS:
+        hits = qa.retrieve(question, k=k, mode=mode, **given)
+        assert all(flt.matches(h.paper) for h in hits), (question, [h.paper.key for h in hits])
+        if mode != "keyword":  # the dense side always ranks every matching chunk
+            assert len(hits) == min(k, len(matching)), question
+
+
+def test_keyword_side_finds_the_best_matching_paper_inside_the_filter(index_env):
+    """The best BM25 paper overall is outside the filter: the keyword channel must still rank
+    the best one inside it, not come back empty."""
+    question = "image segmentation CT scans boundary accuracy"
+    best = qa.retrieve(question, k=1, mode="keyword")[0].paper
+    until = best.published.replace(day=1)
+    hits = qa.retrieve(question, k=3, mode="keyword", until=until)
+    assert hits and best.key not in {h.paper.key for h in hits}
+    assert all(h.paper.published <= until for h in hits)
+    assert any("segment" in h.paper.abstract for h in hits)
+
+
+def test_paper_named_by_id_outside_the_filter_is_not_pinned(index_env):
+    hits = qa.retrieve("What is arXiv:2304.04704 about?", k=5, since="2025-01-01")
+    assert hits and all(h.paper.published >= date(2025, 1, 1) for h in hits)
+    assert "2304.04704" not in {h.paper.arxiv_id for h in hits}
+    pinned = qa.retrieve("What is arXiv:2304.04704 about?", k=5, since="2023-01-01")
+    assert pinned[0].paper.arxiv_id == "2304.04704"
+
+
+def test_filter_matching_nothing_returns_nothing(index_env):
+    assert qa.retrieve("language models", k=5, categories=["astro-ph"]) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"since": "2024-02-01", "until": "2024-01-01"}, "after until"),
+        ({"since": "last year"}, "not a date"),
+        ({"categories": ["CS CL!"]}, "not an arXiv category"),
+        ({"authors": [f"a{i}" for i in range(30)]}, "at most"),
+    ],
+)
+def test_bad_filters_are_refused_with_a_reason(kwargs, message):
+    with pytest.raises(FilterError, match=message):
+        Filters.make(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "question, expected",
+    [
+        ("unlearning papers since 2023", Filters(since=date(2023, 1, 1))),
+        ("what did papers in 2024 propose?", Filters(date(2024, 1, 1), date(2024, 12, 31))),
+        ("segmentation after 2022", Filters(since=date(2023, 1, 1))),
+        ("work before 2020", Filters(until=date(2019, 12, 31))),
+        ("from 2021 to 2022", Filters(date(2021, 1, 1), date(2022, 12, 31))),
+        ("cs.CV papers on segmentation", Filters(categories=("cs.CV",))),
+        ("translation work in cs.CL", Filters(categories=("cs.CL",))),
+        ("What is POMP?", Filters()),
+        ("How does GPT-4 compare with 2,000 annotators?", Filters()),
+        ("results on CIFAR-10 in 10 epochs", Filters()),
+    ],
+)
+def test_filters_named_in_the_question(question, expected):
+    assert from_question(question) == expected
+
+
+def test_question_naming_a_period_is_answered_from_that_period_and_says_so(index_env):
+    answer = qa.ask("Which machine unlearning methods for language models appeared in 2024?")
+    assert answer.filters == Filters(date(2024, 1, 1), date(2024, 12, 31))
+    assert "2024-01-01 to 2024-12-31 (named in the question)" in answer.text.splitlines()[0]
+    assert answer.sources and all(h.paper.published.year == 2024 for h in answer.sources)
+    assert answer.to_dict()["filters"]["since"] == "2024-01-01"
+
+
+def test_question_naming_a_category(index_env):
+    answer = qa.ask("What do the cs.CV papers do for image segmentation?")
+    assert answer.filters.categories == ("cs.CV",)
+    assert answer.sources and all("cs.CV" in h.paper.categories for h in answer.sources)
+
+
+def test_explicit_filter_wins_over_the_question(index_env):
+    answer = qa.ask("unlearning work in 2023", since="2024-01-01", until="2024-12-31")
+    assert answer.filters.since == date(2024, 1, 1)
+    assert "named in the question" not in answer.text
+    assert all(h.paper.published.year == 2024 for h in answer.sources)
+
+
+def test_stream_takes_filters_too(index_env):
+    *_, final = qa.stream("string theory flux", categories=["hep-th"], authors=["Volkov"])
+    assert final.sources and all(h.paper.authors == ["Dmitri Volkov"] for h in final.sources)
+
+
+def test_cli_ask_filters_json_and_bibtex(index_env, capsys):
+    code = main(["ask", "image segmentation of CT scans", "--categories", "cs.CV", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert out["filters"]["categories"] == ["cs.CV"]
+    sources = [s["paper"] for s in out["sources"]]
+    assert sources and all("cs.CV" in p["categories"] for p in sources)
+    assert {"authors", "categories", "published", "updated", "doi", "journal_ref"} <= set(
+        sources[0]
+    )
+
+    assert main(["ask", "image segmentation of CT scans", "--since", "2024", "--bibtex"]) == 0
+    out = capsys.readouterr().out
+    bib = parse_string(out[out.index("@misc") :], "bibtex")
+    assert bib.entries
+    for entry in bib.entries.values():
+        assert int(entry.fields["year"]) >= 2024
+        assert entry.fields["archivePrefix"] == "arXiv"
+
+
+def test_cli_bad_filter_is_one_line(index_env, capsys):
+    assert main(["ask", "anything", "--since", "yesterday"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "not a date" in err and "\n" not in err
+
+
+# ---------------------------------------------------------------- similar
+
+
+def test_similar_papers_exclude_the_paper_and_share_its_topic(index_env):
+    target = next(p for p in index_env.papers if p.categories[:1] == ["hep-th"])
+    hits = qa.similar(f"https://arxiv.org/abs/{target.arxiv_id}v2", k=5)
+    assert len(hits) == 5
+    assert target.key not in {h.paper.key for h in hits}
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert all(h.paper.categories[:1] == ["hep-th"] for h in hits)
+
+
+def test_similar_respects_filters(index_env):
+    hits = qa.similar("2304.04704", k=4, since="2024-06-01")
+    assert len(hits) == 4 and all(h.paper.published >= date(2024, 6, 1) for h in hits)
+
+
+@pytest.mark.parametrize("given, message", [("2304.99999", "qa fetch"), ("2399.00001", "month")])
+def test_similar_unknown_or_impossible_id(index_env, given, message):
+    with pytest.raises(UnknownPaper, match=message):
+        qa.similar(given)
+
+
+def test_cli_similar(index_env, capsys):
+    assert main(["similar", "arXiv:2304.04704", "--k", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and "2304.04704" not in "".join(lines)
+    assert main(["similar", "2304.99999"]) == 2
+    assert "not in the index" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- BibTeX of an answer
+
+
+def test_answer_bibtex_holds_exactly_the_cited_papers(index_env):
+    answer = qa.ask("What is POMP?")
+    assert answer.citations
+    bib = parse_string(answer.bibtex(), "bibtex")
+    assert [e.fields["eprint"] for e in bib.entries.values()] == [
+        p.arxiv_id for p in answer.citations
+    ]
