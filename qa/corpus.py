@@ -637,6 +637,8 @@ class Metadata:
         return None if (name, key) in self.ambiguous else table.get(key)
 
     def lookup(self, paper: Paper) -> Entry | None:
+        if not (self.by_id or self.by_title or self.by_start):
+            return None  # no table: nothing to normalise (and cache) per streamed paper
         if paper.arxiv_id and (hit := self.by_id.get(paper.arxiv_id)):
             return hit
         if paper.title and (hit := self._get("title", self.by_title, normalize(paper.title))):
