@@ -294,7 +294,9 @@ class CorpusStore:
         if not keys or not self.exists():
             return []
         with self._write() as conn:
-            gone = [k for k in keys if conn.execute("DELETE FROM papers WHERE key = ?", (k,)).rowcount]
+            gone = [
+                k for k in keys if conn.execute("DELETE FROM papers WHERE key = ?", (k,)).rowcount
+            ]
             if gone:
                 _bump(conn)
         return gone
