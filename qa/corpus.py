@@ -24,7 +24,7 @@ from pathlib import Path
 
 from qa.arxiv_ids import ARXIV_ID, ArxivIdError, id_month, parse_arxiv_id
 from qa.paper_meta import FIELDS as PAPER_FIELDS
-from qa.paper_meta import row_metadata
+from qa.paper_meta import parse_date, row_metadata
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,13 @@ class Paper:
     updated: date | None = None  # latest version
     doi: str = ""
     journal_ref: str = ""
+
+    def __post_init__(self) -> None:
+        """Dates given as ISO text (JSON, a stored record) become dates."""
+        for name in ("published", "updated"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, date):
+                setattr(self, name, parse_date(value))
 
     @property
     def url(self) -> str | None:

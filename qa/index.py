@@ -1,15 +1,20 @@
-"""Papers → chunks → Chroma (embedded or server), idempotently.
+"""Corpus record → chunks → Chroma (embedded or server), idempotently.
 
+The corpus record (qa/store.py) is the source of truth; the collection is derived from it.
 Chunks are the paper's title plus a slice of its abstract sized to the embedding model's window,
 with deterministic IDs `"{key}#{i}"`. Every chunk carries its paper's content hash, so a re-run
-skips unchanged papers and an interrupted run resumes where it stopped. The collection records
-which embedding model built it; a different model means a rebuild, never mixed vectors.
+skips unchanged papers and an interrupted run resumes where it stopped. Writers record papers
+first, then bring the active collection in line with the whole record, under one lock. A
+rebuild (or a new embedding model) fills a new collection beside the active one and switches
+readers to it only when it is complete. Readers never write (except the very first build of a
+store that has no index at all) and reopen when the record's generation changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -27,7 +32,6 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 import chromadb
 from chromadb.config import Settings as ChromaSettings
-from langchain_chroma import Chroma
 from langchain_core.embeddings import Embeddings
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
@@ -35,16 +39,23 @@ from qa.config import PROJECT_ROOT, Settings, get_settings
 from qa.corpus import Paper
 from qa.embeddings import get_embeddings, token_length
 from qa.paper_meta import digest_parts, from_chroma, to_chroma
+from qa.store import (
+    BUNDLED,
+    USER,
+    Active,
+    AddReport,
+    CorpusStore,
+    IndexUnavailable,
+    fault_reason,
+    open_store,
+    writer_lock,
+)
 
 log = logging.getLogger(__name__)
 
 VECTOR_CACHE_DIR = PROJECT_ROOT / "seeds" / "vectors"
 WRITE_BATCH = 256  # chunks per upsert; a paper's chunks always go in one call
 CHROMA_TIMEOUT_SECONDS = 60.0  # per request to a Chroma server (large upserts included)
-
-
-class IndexUnavailable(RuntimeError):
-    """The index cannot be opened or reached; the message says what to do."""
 
 
 # ---------------------------------------------------------------- chunks
@@ -214,8 +225,13 @@ def _describe_location(settings: Settings) -> str:
     return f"the index at {settings.persist_dir} (QA_PERSIST_DIR)"
 
 
-def make_client(settings: Settings) -> chromadb.ClientAPI:
-    """An embedded PersistentClient, or an HttpClient when QA_CHROMA_URL is set."""
+def make_client(settings: Settings, fresh: bool = False) -> chromadb.ClientAPI:
+    """An embedded PersistentClient, or an HttpClient when QA_CHROMA_URL is set.
+
+    `fresh`: a new embedded system even if this process has one for the path. An embedded
+    client keeps its vector index in memory and never sees another process's writes (queries
+    then fail with "Error finding id"); a reader reopens this way when the record changes.
+    """
     try:
         if settings.chroma_url:
             url = urlparse(settings.chroma_url)
@@ -234,6 +250,8 @@ def make_client(settings: Settings) -> chromadb.ClientAPI:
             return client
         _check_store_files(Path(settings.persist_dir))
         settings.persist_dir.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            _detach_chroma_system(str(settings.persist_dir))
         return chromadb.PersistentClient(
             path=str(settings.persist_dir), settings=_chroma_settings()
         )
@@ -290,8 +308,27 @@ def _discard_chroma_system(identifier: str) -> None:
             log.debug("stopping a broken Chroma system: %s", exc)
 
 
+def _detach_chroma_system(identifier: str) -> None:
+    """Make the next client for this path start a new system; clients of the old one keep
+    working (a query in flight in another thread finishes) until they are dropped."""
+    try:
+        from chromadb.api.shared_system_client import SharedSystemClient
+    except ImportError:  # pragma: no cover - a chromadb without the shared cache
+        return
+    with SharedSystemClient._refcount_lock:
+        SharedSystemClient._identifier_to_system.pop(identifier, None)
+        SharedSystemClient._identifier_to_refcount.pop(identifier, None)
+
+
 STORE_FILE = "chroma.sqlite3"
-KEPT_FILES = {"resolved.tsv"}  # user data that lives beside the store and survives a rebuild
+# user data that lives beside the store and survives a rebuild: the resolve cache, and the
+# corpus record with its WAL files and writer lock (corpus.sqlite3, -wal, -shm, .lock)
+KEPT_FILES = {"resolved.tsv"}
+KEPT_PREFIX = "corpus."
+
+
+def _kept(name: str) -> bool:
+    return name in KEPT_FILES or name.startswith((KEPT_PREFIX, "."))
 
 
 def _check_store_files(path: Path) -> None:
@@ -302,9 +339,7 @@ def _check_store_files(path: Path) -> None:
     """
     if not path.is_dir() or (path / STORE_FILE).exists():
         return
-    leftovers = [  # hidden files (the repo's .gitkeep) are not Chroma's
-        c.name for c in path.iterdir() if c.name not in KEPT_FILES and not c.name.startswith(".")
-    ]
+    leftovers = [c.name for c in path.iterdir() if not _kept(c.name)]  # .gitkeep is not Chroma's
     if leftovers:
         raise IndexUnavailable(
             f"cannot use the index at {path} (QA_PERSIST_DIR): {STORE_FILE} is missing but "
@@ -320,45 +355,167 @@ def _server_hint(url: str) -> str:
 
 
 def unavailable_message(settings: Settings, exc: BaseException) -> str:
+    """One line: where, what went wrong (a full disk or read-only store by name), the fix."""
     what = _describe_location(settings)
+    fault = fault_reason(exc)
+    if fault == "the disk is full":
+        return (
+            f"cannot use {what}: the disk is full; free some space and run the same command "
+            "again (every recorded paper is kept)"
+        )
+    if fault:
+        return (
+            f"cannot use {what}: {fault} (an embedded Chroma store needs write access even to "
+            "answer); make it writable, or copy the folder and point QA_PERSIST_DIR at the copy"
+        )
     hint = (
         _server_hint(settings.chroma_url)
         if settings.chroma_url
-        else "run `qa ingest --rebuild` to rebuild it"
+        else "run `qa ingest --rebuild` to rebuild it from the corpus record"
     )
     reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     return f"cannot use {what}: {reason}; {hint}"
 
 
-class Index:
-    """One Chroma collection plus the embeddings that built it."""
+def target_of(settings: Settings) -> str:
+    """This index's name in the corpus record: where it lives and its collection name."""
+    return f"{settings.chroma_url or 'embedded'}|{settings.collection}"
 
-    def __init__(self, settings: Settings, embeddings: Embeddings | None = None):
+
+class GuardedEmbeddings(Embeddings):
+    """The configured embeddings, with a failing backend turned into one clear message."""
+
+    def __init__(self, inner: Embeddings, spec: str):
+        self.inner = inner
+        self.spec = spec
+        self.model_id: str = getattr(inner, "model_id", type(inner).__name__)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self._call(self.inner.embed_documents, texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._call(self.inner.embed_query, text)
+
+    def _call(self, fn: Callable, arg):
+        try:
+            return fn(arg)
+        except IndexUnavailable:
+            raise
+        except Exception as exc:  # HTTP, ONNX, import errors: the user needs one line
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise IndexUnavailable(
+                f"the embedding model {self.spec!r} (QA_EMBEDDINGS) failed: {reason}; start or "
+                "fix that backend, or set QA_EMBEDDINGS to the model the index was built with"
+            ) from exc
+
+
+def _load_embeddings(settings: Settings) -> Embeddings:
+    try:
+        inner = get_embeddings(settings.embeddings)
+    except Exception as exc:  # unknown spec, missing key, missing extra
+        raise IndexUnavailable(
+            f"cannot load the embedding model {settings.embeddings!r} (QA_EMBEDDINGS): {exc}"
+        ) from exc
+    return GuardedEmbeddings(inner, settings.embeddings)
+
+
+def _chroma_system(client: chromadb.ClientAPI):
+    """The shared system a client runs on (None for a server client)."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    ident = getattr(client, "_identifier", None)
+    return SharedSystemClient._identifier_to_system.get(ident) if ident else None
+
+
+class Index:
+    """One Chroma collection (the active one, unless `name` says which) plus its embeddings."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        embeddings: Embeddings | None = None,
+        *,
+        name: str | None = None,
+        create: bool = False,
+    ):
         self.settings = settings
-        self.embeddings = embeddings or get_embeddings(settings.embeddings)
+        self.embeddings = embeddings or _load_embeddings(settings)
         self.model_id: str = getattr(self.embeddings, "model_id", type(self.embeddings).__name__)
-        self.client = make_client(settings)
+        self.corpus: CorpusStore = open_store(settings)
         self.lock = threading.RLock()
         # Writes made through this handle: a reader in the same process (the keyword index)
         # can see its own process's changes at once, without a round-trip to Chroma.
         self.writes = 0
-        self.store = self._open_store()
+        self.generation = self.corpus.generation()
+        self.client = make_client(settings)
+        self._system = _chroma_system(self.client)
+        self.pinned = name is not None  # a collection being built: never follows the pointer
+        self.name = name or self._active_name()
+        self._collection = self._open_collection(create)
 
-    def _open_store(self, revision: int = 0) -> Chroma:
+    def _active_name(self) -> str:
+        active = self.corpus.active(target_of(self.settings))
+        return active.name if active else self.settings.collection
+
+    def _open_collection(self, create: bool) -> chromadb.Collection | None:
+        """The collection (created when `create`), or None when it does not exist yet."""
         try:
-            return Chroma(
-                collection_name=self.settings.collection,
-                embedding_function=self.embeddings,
-                client=self.client,
-                collection_metadata={"embedding_model": self.model_id, "revision": revision},
-                collection_configuration={"hnsw": {"space": "cosine"}},
-            )
+            if create:
+                return self.client.get_or_create_collection(
+                    self.name,
+                    metadata={
+                        "embedding_model": self.model_id,
+                        "embedding_spec": self.settings.embeddings,
+                        "revision": 0,
+                    },
+                    configuration={"hnsw": {"space": "cosine"}},
+                    embedding_function=None,
+                )
+            return self.client.get_collection(self.name, embedding_function=None)
+        except chromadb.errors.NotFoundError:
+            return None
         except Exception as exc:
             raise IndexUnavailable(unavailable_message(self.settings, exc)) from exc
 
     @property
+    def exists(self) -> bool:
+        return self._collection is not None
+
+    @property
     def collection(self) -> chromadb.Collection:
-        return self.store._collection
+        if self._collection is None:
+            raise IndexUnavailable(
+                f"there is no index yet in {_describe_location(self.settings)}; run "
+                "`qa ingest` to build it from the corpus record"
+            )
+        return self._collection
+
+    def create(self) -> None:
+        """Writers only: create the collection if it does not exist."""
+        if self._collection is None:
+            self._collection = self._open_collection(create=True)
+
+    def sync(self) -> None:
+        """Pick up what a writer committed since (new papers, a switched collection).
+
+        Cheap when nothing changed (one read of the record's generation). An embedded store
+        is reopened on a fresh Chroma system: the old one's in-memory vectors are stale.
+        """
+        generation = self.corpus.generation()
+        if generation == self.generation or self.pinned:
+            return
+        with self.lock:
+            if generation == self.generation:
+                return
+            if not self.settings.chroma_url:
+                self.client = make_client(self.settings, fresh=True)
+                self._system = _chroma_system(self.client)
+            self.name = self._active_name()
+            self._collection = self._open_collection(create=False)
+            self.generation = generation
+            self.note_write()
+        if self.exists:
+            check_model(self)
 
     def call(self, fn: Callable, *args, **kwargs):
         """Run a Chroma call, turning its many failure types into one clear error."""
@@ -371,11 +528,23 @@ class Index:
 
     def metadata(self) -> dict:
         """Collection metadata, fetched fresh: another process may have written since."""
-        fresh = self.call(self.client.get_collection, self.settings.collection)
+        fresh = self.call(self.client.get_collection, self.name, embedding_function=None)
         return dict(fresh.metadata or {})
 
     def revision(self) -> int:
+        """The committed state's number: the record's generation (the collection's own
+        revision stamp for an index that has no corpus record)."""
+        if self.corpus.exists() and not self.pinned:
+            return self.generation
         return int(self.metadata().get("revision", 0))
+
+    def snapshot(self) -> tuple[int, int]:
+        """(revision, chunks) of the last committed write: what readers' keyword index
+        follows, so chunks a writer is still adding are not seen half-way."""
+        active = self.corpus.active(target_of(self.settings)) if not self.pinned else None
+        if active and active.name == self.name:
+            return self.generation, active.chunks
+        return self.revision(), self.count()
 
     def built_with(self) -> str | None:
         return self.metadata().get("embedding_model")
@@ -391,6 +560,7 @@ class Index:
         meta = self.metadata()
         meta["revision"] = int(meta.get("revision", 0)) + 1
         meta["embedding_model"] = self.model_id
+        meta["embedding_spec"] = self.settings.embeddings
         self.call(self.collection.modify, metadata=meta)
 
     def existing_hashes(self) -> dict[str, Stored]:
@@ -414,7 +584,7 @@ class Index:
         return seen
 
     def all_papers(self) -> list[Paper]:
-        """Every paper the collection holds (from first chunks), e.g. to re-embed them."""
+        """Every paper the collection holds (from first chunks): adopting a pre-record index."""
         papers: list[Paper] = []
         total = self.count()
         for offset in range(0, total, 5000):
@@ -435,33 +605,37 @@ class Index:
         got = self.call(self.collection.get, ids=[f"{k}#0" for k in keys], include=["metadatas"])
         return {m["key"]: paper_from_metadata(m) for m in got["metadatas"]}
 
-    def drop(self) -> None:
-        """Delete the collection (rebuild, or a change of embedding model).
-
-        The new collection's revision continues the old one's, so a keyword index built from
-        the old collection never mistakes the new one (same revision and count) for it.
-        """
-        with self.lock:
-            try:
-                revision = self.revision() + 1
-            except IndexUnavailable:
-                revision = 1
-            try:
-                self.client.delete_collection(self.settings.collection)
-            except Exception as exc:  # absent already is fine
-                log.debug("delete_collection: %s", exc)
-            self.store = self._open_store(revision)
-            self.note_write()
-
     def close(self) -> None:
-        """Release the client (an embedded store's database handles) for good."""
+        """Release the client (an embedded store's database handles) for good.
+
+        A client whose system was replaced by a fresh reopen is left to the garbage collector:
+        closing it would release the new system, which other handles use.
+        """
         close = getattr(self.client, "close", None)
-        if close is None:
+        if close is None or (
+            self._system is not None and _chroma_system(self.client) is not self._system
+        ):
             return
         try:
             close()
         except Exception as exc:  # closing a broken client must not mask the real error
             log.debug("closing the Chroma client: %s", exc)
+
+
+def check_model(index: Index) -> None:
+    """Refuse to query or extend a collection built with another embedding model."""
+    built = index.metadata()
+    built_with = built.get("embedding_model")
+    if not built_with or built_with == index.model_id or index.count() == 0:
+        return
+    spec = built.get("embedding_spec")
+    back = f"set QA_EMBEDDINGS={spec} again" if spec else "set QA_EMBEDDINGS back"
+    raise IndexUnavailable(
+        f"{_describe_location(index.settings)} was built with the embedding model {built_with}, "
+        f"but QA_EMBEDDINGS={index.settings.embeddings} selects {index.model_id}; run "
+        f"`qa ingest --rebuild` to re-embed every recorded paper with it (the current index "
+        f"keeps answering until that finishes), or {back}"
+    )
 
 
 class Stored(NamedTuple):
@@ -485,13 +659,16 @@ def _index_key(settings: Settings) -> tuple:
 
 
 def open_index(settings: Settings | None = None) -> Index:
-    """The shared Index for these settings (one client per path, as Chroma requires)."""
+    """The shared reader handle for these settings (one client per path, as Chroma requires),
+    brought up to date with what writers have committed since."""
     settings = settings or get_settings()
     key = _index_key(settings)
     with _INDEXES_LOCK:
         if key not in _INDEXES:
             _INDEXES[key] = Index(settings)
-        return _INDEXES[key]
+        index = _INDEXES[key]
+    index.sync()
+    return index
 
 
 def _forget_index(settings: Settings) -> None:
@@ -519,7 +696,7 @@ def forget_indexes() -> None:
 
 @dataclass
 class IngestReport:
-    papers: int = 0
+    papers: int = 0  # papers in the corpus record (and so in the index) after the run
     added: int = 0
     updated: int = 0
     unchanged: int = 0
@@ -529,12 +706,13 @@ class IngestReport:
     vectors_computed: int = 0
     rebuilt: str | None = None
     seconds: float = 0.0
+    recorded: AddReport = field(default_factory=AddReport)
     warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [
             f"{self.papers} papers: {self.added} added, {self.updated} updated, "
-            f"{self.unchanged} unchanged",
+            f"{self.unchanged} unchanged" + (f", {self.removed} removed" if self.removed else ""),
             f"{self.chunks_written} chunks written "
             f"({self.vectors_from_cache} vectors from cache, {self.vectors_computed} computed)",
             f"{self.seconds:.1f} s",
@@ -543,53 +721,27 @@ class IngestReport:
             parts.insert(0, f"rebuilt ({self.rebuilt})")
         return "; ".join(parts)
 
+    def notes(self) -> list[str]:
+        """Every record that was replaced or kept beside another version, by ID."""
+        rec = self.recorded
+        lines = [f"replaced {key}: a file given now has another abstract" for key in rec.replaced]
+        return lines + rec.kept_both
+
 
 def _wipe_corrupt_store(settings: Settings) -> None:
-    """`--rebuild` of an embedded store that cannot even be opened: start from an empty dir."""
+    """Rebuild of an embedded store that cannot even be opened: remove Chroma's files (the
+    corpus record, the resolve cache and hidden files stay) and start from an empty folder."""
     path = Path(settings.persist_dir)
-    _forget_index(settings)
+    forget_indexes()  # every handle on the damaged files
     if settings.chroma_url or not path.exists():
         return
     for child in path.iterdir():
-        if child.name in KEPT_FILES or child.name.startswith("."):  # user data, .gitkeep
+        if _kept(child.name):
             continue
         if child.is_dir():
             shutil.rmtree(child)
         else:
             child.unlink()
-
-
-def _open_for_build(settings: Settings, rebuild: bool) -> tuple[Index, str | None, list[Paper]]:
-    """The index to write to, why it was rebuilt (if it was), and papers to carry over."""
-    if rebuild and not settings.chroma_url:
-        # A handle opened earlier in this process may hold a database that has since been
-        # deleted or damaged (Chroma keeps serving it, read-only): look at the files afresh.
-        _forget_index(settings)
-    try:
-        index = open_index(settings)
-        if rebuild:
-            index.drop()
-            index.count()  # the recreated collection must be usable, not just created
-            return index, "requested", []
-    except IndexUnavailable:
-        if not rebuild or settings.chroma_url:
-            raise
-        _wipe_corrupt_store(settings)
-        return open_index(settings), "the old index could not be opened", []
-    built_with = index.built_with()
-    if built_with and built_with != index.model_id and index.count():
-        # Re-embed everything the old collection holds (Chroma is the source of truth, and
-        # papers ingested from the user's own files are not in the seeds), then start over.
-        carried = index.all_papers()
-        log.warning(
-            "index built with %s, now using %s: rebuilding its %d papers",
-            built_with,
-            index.model_id,
-            len(carried),
-        )
-        index.drop()
-        return index, f"embedding model changed from {built_with} to {index.model_id}", carried
-    return index, None, []
 
 
 def _progress(total: int, enabled: bool):
@@ -605,27 +757,186 @@ def build_index(
     rebuild: bool = False,
     prune: bool = False,
     progress: bool = True,
+    origin: str = USER,
+    say: Callable[[str], None] | None = None,
 ) -> IngestReport:
-    """`qa.build_index`: upsert papers' chunks; unchanged papers are skipped.
+    """`qa.build_index`: record papers durably, then bring the index in line with the whole
+    corpus record (unchanged papers are skipped).
 
-    With `prune`, papers the collection holds that are not in `papers` are removed (used when
-    the bundled corpus is the whole truth); otherwise ingesting more files only adds.
+    `papers=None` records the bundled seeds. With `prune`, the record becomes exactly
+    `papers` (the others are removed). With `rebuild`, a new collection is filled from the
+    whole record beside the active one and replaces it only when complete: how a damaged
+    index is repaired and how a new embedding model is applied.
     """
     from qa.corpus import load_corpus
 
     settings = settings or get_settings()
     start = time.perf_counter()
-    papers = list(papers) if papers is not None else load_corpus(settings.seeds_dir)
-    index, rebuilt, carried = _open_for_build(settings, rebuild)
-    if carried:
-        given = {p.key for p in papers}
-        papers += [p for p in carried if p.key not in given]
-    report = IngestReport(papers=len(papers), rebuilt=rebuilt)
+    if papers is None:
+        papers, origin = load_corpus(settings.seeds_dir), BUNDLED
+    papers = _unique(list(papers))
+    with writer_lock(settings, say):
+        store = open_store(settings)
+        _adopt_unrecorded(settings, store)
+        report = IngestReport(recorded=store.add(papers, origin))
+        if prune:
+            keep = {p.key for p in report.recorded.papers}
+            store.remove([p.key for p in store.papers() if p.key not in keep])
+        if rebuild:
+            _rebuild(settings, store, report, progress)
+        else:
+            _update(settings, store, report, progress)
+    report.seconds = time.perf_counter() - start
+    log.info("ingest: %s", report.summary())
+    return report
+
+
+def remove_papers(
+    ids: Sequence[str],
+    *,
+    settings: Settings | None = None,
+    say: Callable[[str], None] | None = None,
+) -> tuple[list[str], list[str], IngestReport]:
+    """`qa remove`: take papers (arXiv IDs or `ref:` keys) out of the record and the index.
+
+    Returns (keys removed, IDs not found, the index report)."""
+    settings = settings or get_settings()
+    wanted = [i.strip().removeprefix("arXiv:").removeprefix("ref:") for i in ids]
+    with writer_lock(settings, say):
+        store = open_store(settings)
+        _adopt_unrecorded(settings, store)
+        found = store.find(wanted)
+        missing = [i for i, keys in found.items() if not keys]
+        gone = store.remove([k for keys in found.values() for k in keys])
+        report = IngestReport()
+        _update(settings, store, report, progress=False)
+    return gone, missing, report
+
+
+def _adopt_unrecorded(settings: Settings, store: CorpusStore) -> None:
+    """An index built before the corpus record existed: its papers enter the record first,
+    so nothing a user ingested then is lost by the first write (or rebuild) now."""
+    if store.exists():
+        return
+    try:
+        index = open_index(settings)
+        papers = index.all_papers() if index.exists else []
+    except IndexUnavailable as exc:
+        log.warning("could not read the existing index to record its papers: %s", exc)
+        return
+    if papers:
+        log.warning("recording the %d papers of the existing index in %s", len(papers), store.path)
+        store.add(papers, USER)
+
+
+def _update(settings: Settings, store: CorpusStore, report: IngestReport, progress: bool) -> None:
+    """Bring the active collection in line with the record (created if there is none)."""
+    index = open_index(settings)
+    if index.exists:
+        check_model(index)
+    else:
+        index.create()
+    _drop_retired(index, store)
+    _fill(index, store.papers(), report, progress)
+    _commit(index, store, report)
+
+
+def _rebuild(settings: Settings, store: CorpusStore, report: IngestReport, progress: bool) -> None:
+    """Fill a new collection from the whole record; switch readers to it when complete.
+
+    A kill at any point leaves the old collection active and answering; the next rebuild
+    resumes the unfinished new one (its papers' hashes say what is done).
+    """
+    target = target_of(settings)
+    if not settings.chroma_url:
+        _forget_index(settings)  # a handle may hold a database deleted or damaged since
+    try:
+        current = open_index(settings)
+        old = current.name if current.exists else None
+        built_with = current.built_with() if old else None
+        report.rebuilt = (
+            f"embedding model changed from {built_with} to {current.model_id}"
+            if built_with and built_with != current.model_id
+            else "requested"
+        )
+    except IndexUnavailable:
+        if settings.chroma_url:
+            raise
+        _wipe_corrupt_store(settings)
+        old, report.rebuilt = None, "the old index could not be opened"
+    pending = store.get_meta(f"pending:{target}")
+    name = pending if pending and pending != old else f"{settings.collection}-g{store.generation()}"
+    store.set_meta({f"pending:{target}": name}, bump=False)
+    new = Index(settings, name=name, create=True)
+    if new.built_with() != new.model_id:  # an unfinished build with another model
+        new.call(new.client.delete_collection, name)
+        new = Index(settings, name=name, create=True)
+    _fill(new, store.papers(), report, progress)
+    retired = [n for n in [*_retired(store, target), old] if n and n != name]
+    generation = store.set_active(
+        target,
+        Active(name, new.model_id, new.count()),
+        **{f"pending:{target}": None, f"retired:{target}": json.dumps(retired)},
+    )
+    new.generation = generation
+    new.bump_revision()
+    new.close()
+    index = open_index(settings)  # the shared handle follows the switch
+    _drop_retired(index, store)
+    _save_keyword_index(index)
+
+
+def _retired(store: CorpusStore, target: str) -> list[str]:
+    return json.loads(store.get_meta(f"retired:{target}") or "[]")
+
+
+def _drop_retired(index: Index, store: CorpusStore) -> None:
+    """Delete collections a rebuild replaced. Done by the writer after the switch is
+    committed; a reader still on one reopens at its next question (the generation changed)."""
+    target = target_of(index.settings)
+    names = _retired(store, target)
+    if not names:
+        return
+    for name in names:
+        try:
+            index.client.delete_collection(name)
+        except Exception as exc:  # gone already is fine
+            log.debug("delete_collection %s: %s", name, exc)
+    store.set_meta({f"retired:{target}": None}, bump=False)
+
+
+def _commit(index: Index, store: CorpusStore, report: IngestReport) -> None:
+    """Point readers at the collection's new state (bumps the generation they watch)."""
+    target = target_of(index.settings)
+    active = store.active(target)
+    changed = report.chunks_written or report.removed or active is None
+    if not (changed or report.recorded.added or report.recorded.updated):
+        return  # nothing new: readers keep their keyword index
+    index.generation = store.set_active(target, Active(index.name, index.model_id, index.count()))
+    index.bump_revision()
+    _save_keyword_index(index)
+
+
+def _save_keyword_index(index: Index) -> None:
+    """Build and save the keyword index for the committed state, so readers only load it."""
+    from qa.retrieval import KeywordIndex
+
+    try:
+        KeywordIndex().rebuild(index)
+    except IndexUnavailable as exc:  # readers build it themselves; only their start is slower
+        log.warning("could not save the keyword index: %s", exc)
+
+
+def _fill(index: Index, papers: list[Paper], report: IngestReport, progress: bool) -> None:
+    """Upsert what is missing or changed, relabel sources, remove what the record lacks."""
+    settings = index.settings
+    report.papers = len(papers)
     with index.lock:
+        index.create()
         existing = index.existing_hashes()
         todo = []
         relabel: list[tuple[Paper, Stored]] = []
-        for paper in _unique(papers):
+        for paper in papers:
             have = existing.get(paper.key)
             digest = paper_hash(paper, settings.chunk_tokens)
             if have and have.digest == digest and have.present == have.expected:
@@ -641,15 +952,9 @@ def build_index(
             for batch in _batches(todo, WRITE_BATCH):
                 _write_batch(index, embedder, batch, report)
                 bar.update(len(batch))
-        if prune:
-            _prune(index, existing, {p.key for p in papers}, report)
+        _prune(index, existing, {p.key for p in papers}, report)
         report.vectors_from_cache = embedder.hits
         report.vectors_computed = embedder.computed
-        if report.chunks_written or report.removed or rebuilt or relabel:
-            index.bump_revision()
-    report.seconds = time.perf_counter() - start
-    log.info("ingest: %s", report.summary())
-    return report
 
 
 def _unique(papers: list[Paper]) -> list[Paper]:
@@ -731,10 +1036,17 @@ def _prune(index: Index, existing: dict, keep: set[str], report: IngestReport) -
 
 
 def ensure_index(settings: Settings | None = None, progress: bool = True) -> Index:
-    """Open the index, building it from the bundled seeds when it is empty."""
+    """Open the index for reading. With no index at all, build it from the corpus record (the
+    bundled seeds on a fresh install): the one write a reader may do. An index built with
+    another embedding model is refused with the fixing command, never rebuilt here."""
     settings = settings or get_settings()
     index = open_index(settings)
-    built_with = index.built_with()
-    if index.count() == 0 or (built_with and built_with != index.model_id):
-        build_index(settings=settings, progress=progress)
+    first_build = not index.exists or (
+        index.corpus.active(target_of(settings)) is None and index.count() == 0
+    )
+    if first_build:
+        papers = None if index.corpus.count() == 0 else []  # seeds, or the record as it is
+        build_index(papers, settings=settings, progress=progress)
+        index = open_index(settings)
+    check_model(index)
     return index

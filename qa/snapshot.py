@@ -10,7 +10,6 @@ A progress bar over the bytes read shows the rate and the time left.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -44,13 +43,18 @@ def batched(papers: Iterable[Paper], size: int) -> Iterator[list[Paper]]:
 
 
 def merge_reports(total: IngestReport, part: IngestReport) -> None:
-    """Add one ingest report's counts to a running total."""
-    for f in dataclasses.fields(IngestReport):
-        value = getattr(part, f.name)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            setattr(total, f.name, getattr(total, f.name) + value)
+    """Add one batch's ingest report to a running total (the record's size is the latest;
+    the papers themselves are not kept, so a stream of any length stays small)."""
+    for name in ("added", "updated", "unchanged", "removed", "chunks_written"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+    total.vectors_from_cache += part.vectors_from_cache
+    total.vectors_computed += part.vectors_computed
+    total.seconds += part.seconds
+    total.papers = part.papers
     total.rebuilt = total.rebuilt or part.rebuilt
     total.warnings += part.warnings
+    total.recorded.replaced += part.recorded.replaced
+    total.recorded.kept_both += part.recorded.kept_both
 
 
 def _bytes_bar(paths: list[Path], enabled: bool):
