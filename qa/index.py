@@ -759,6 +759,7 @@ def build_index(
     progress: bool = True,
     origin: str = USER,
     say: Callable[[str], None] | None = None,
+    keyword_index: bool = True,
 ) -> IngestReport:
     """`qa.build_index`: record papers durably, then bring the index in line with the whole
     corpus record (unchanged papers are skipped).
@@ -785,7 +786,7 @@ def build_index(
         if rebuild:
             _rebuild(settings, store, report, progress)
         else:
-            _update(settings, store, report, progress)
+            _update(settings, store, report, progress, keyword_index)
     report.seconds = time.perf_counter() - start
     log.info("ingest: %s", report.summary())
     return report
@@ -829,8 +830,15 @@ def _adopt_unrecorded(settings: Settings, store: CorpusStore) -> None:
         store.add(papers, USER)
 
 
-def _update(settings: Settings, store: CorpusStore, report: IngestReport, progress: bool) -> None:
-    """Bring the active collection in line with the record (created if there is none)."""
+def _update(
+    settings: Settings,
+    store: CorpusStore,
+    report: IngestReport,
+    progress: bool,
+    keyword_index: bool = True,
+) -> None:
+    """Bring the active collection in line with the record (created if there is none).
+    `keyword_index=False` leaves the saved keyword index to a later batch (streamed ingest)."""
     index = open_index(settings)
     if index.exists:
         check_model(index)
@@ -838,7 +846,7 @@ def _update(settings: Settings, store: CorpusStore, report: IngestReport, progre
         index.create()
     _drop_retired(index, store)
     _fill(index, store.papers(), report, progress)
-    _commit(index, store, report)
+    _commit(index, store, report, keyword_index)
 
 
 def _rebuild(settings: Settings, store: CorpusStore, report: IngestReport, progress: bool) -> None:
@@ -905,7 +913,9 @@ def _drop_retired(index: Index, store: CorpusStore) -> None:
     store.set_meta({f"retired:{target}": None}, bump=False)
 
 
-def _commit(index: Index, store: CorpusStore, report: IngestReport) -> None:
+def _commit(
+    index: Index, store: CorpusStore, report: IngestReport, keyword_index: bool = True
+) -> None:
     """Point readers at the collection's new state (bumps the generation they watch)."""
     target = target_of(index.settings)
     active = store.active(target)
@@ -914,7 +924,8 @@ def _commit(index: Index, store: CorpusStore, report: IngestReport) -> None:
         return  # nothing new: readers keep their keyword index
     index.generation = store.set_active(target, Active(index.name, index.model_id, index.count()))
     index.bump_revision()
-    _save_keyword_index(index)
+    if keyword_index:
+        _save_keyword_index(index)
 
 
 def _save_keyword_index(index: Index) -> None:

@@ -82,10 +82,15 @@ def ingest_stream(
     keep = filters.matches if filters else None
     with _bytes_bar(files, progress) as bar:
         papers = iter_corpus(files, report.warnings, keep=keep, on_read=bar.update)
-        for chunk in batched(papers, batch):
-            unique = deduplicate(chunk)
+        batches = batched(papers, batch)
+        chunk = next(batches, None)
+        while chunk is not None:
+            following = next(batches, None)  # one batch ahead: the last one saves the
+            unique = deduplicate(chunk)  # keyword index (rebuilding it per batch is O(n²))
             report.kept += len(unique)
             report.batches += 1
-            merge_reports(report.ingest, write(unique, settings=settings, progress=False))
+            part = write(unique, settings=settings, progress=False, keyword_index=following is None)
+            merge_reports(report.ingest, part)
             bar.set_postfix(papers=report.kept, refresh=False)
+            chunk = following
     return report
