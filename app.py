@@ -10,9 +10,11 @@ markers become links), the Chatbot keeps Gradio's HTML sanitiser on, and the sou
 built from escaped text only.
 
 Two endpoints for scripts (`gradio_client`):
-- `/ask(message, history, model, k) -> (answer_markdown, sources)`: the documented one;
-  `history` is `[{"role", "content"}]`, `sources` a list of dicts (arxiv_id, title, url,
-  snippet, score, cited). `client.submit(...)` streams the growing answer.
+- `/ask(message, history, model, k, since, until, categories) -> (answer_markdown, sources)`:
+  the documented one; `history` is `[{"role", "content"}]`, `sources` a list of dicts
+  (arxiv_id, title, url, snippet, score, cited, authors, categories, published); the filters
+  are optional. `client.submit(...)` streams the growing answer.
+- `/similar(arxiv_id, k) -> sources_html`: the papers most like one paper.
 - `/chat`: the UI's own event (textbox, chatbot, model, k), callable but undocumented.
 """
 
@@ -32,6 +34,7 @@ from qa.corpus import ARXIV_ID
 from qa.index import Index, IndexUnavailable, ensure_index, open_index
 from qa.models import ModelError
 from qa.retrieval import Hit
+from qa.similarity import UnknownPaper, similar
 
 log = logging.getLogger("arxiv_qa.app")
 
@@ -77,6 +80,7 @@ SOURCES_CSS = """
 .qa-sources .qa-badge { font-size: 0.75rem; padding: 0 0.35rem; border-radius: 0.3rem;
   border: 1px solid var(--border-color-primary); color: var(--body-text-color-subdued); }
 .qa-sources .qa-empty { color: var(--body-text-color-subdued); }
+.qa-sources .qa-meta { font-size: 0.8rem; color: var(--body-text-color-subdued); }
 """
 
 
@@ -175,9 +179,17 @@ def _paper_html(hit: Hit, cited: bool, query: str) -> str:
     return (
         f'<li class="{"qa-cited" if cited else "qa-uncited"}">'
         f'<span class="qa-title">{esc(paper.title or "(untitled)")}</span><br>'
-        f'<span class="qa-id">{ident}</span>{badge}'
+        f'<span class="qa-id">{ident}</span>{badge}{_meta_html(paper)}'
         f'<div class="qa-snippet">{esc(_snippet(hit.snippet, query))}</div></li>'
     )
+
+
+def _meta_html(paper) -> str:
+    """Authors (first three), date of the first version, categories: one subdued line."""
+    authors = ", ".join(paper.authors[:3]) + (" et al." if len(paper.authors) > 3 else "")
+    parts = [authors, str(paper.published or ""), " ".join(paper.categories)]
+    text = " · ".join(p for p in parts if p)
+    return f'<div class="qa-meta">{esc(text)}</div>' if text else ""
 
 
 def sources_html(answer: Answer | None) -> str:
@@ -198,6 +210,8 @@ def sources_html(answer: Answer | None) -> str:
     parts = ['<div class="qa-sources">']
     if answer.standalone_question and answer.standalone_question != answer.question:
         parts.append(f'<p class="qa-query">Searched for: {esc(answer.standalone_question)}</p>')
+    if answer.filters:
+        parts.append(f'<p class="qa-query">Only papers: {esc(answer.filters.describe())}</p>')
     parts.append(f"<h4>Cited papers ({len(cited)})</h4>")
     if cited:
         parts += ["<ol>", *(_paper_html(h, True, query) for h in cited), "</ol>"]
@@ -222,9 +236,28 @@ def sources_data(answer: Answer) -> list[dict]:
             "snippet": h.snippet,
             "score": round(h.score, 4),
             "cited": h.paper.key in cited,
+            "authors": h.paper.authors,
+            "categories": h.paper.categories,
+            "published": h.paper.published.isoformat() if h.paper.published else None,
         }
         for h in answer.sources
     ]
+
+
+def ui_filters(since: str, until: str, categories: str) -> dict:
+    """The filter boxes as `qa.stream` arguments (blank boxes: no filter)."""
+    return {"since": since or None, "until": until or None, "categories": categories or None}
+
+
+def similar_html(arxiv_id: str, k: int, settings: Settings) -> str:
+    """The sources panel listing papers like one paper; bad or unknown IDs say why."""
+    try:
+        hits = similar(arxiv_id or "", k, settings=settings)
+    except (UnknownPaper, IndexUnavailable) as exc:
+        return f'<div class="qa-sources"><p class="qa-empty">{esc(exc)}</p></div>'
+    items = [_paper_html(h, True, "") for h in hits]
+    heading = f"<h4>Papers like {esc(arxiv_id.strip())} ({len(hits)})</h4>"
+    return f'<div class="qa-sources">{heading}<ol>{"".join(items)}</ol></div>'
 
 
 # ---------------------------------------------------------------- answering
@@ -235,13 +268,19 @@ def _failure(question: str, message: str) -> Answer:
 
 
 def answer_events(
-    message: str, history: list, spec: str, k: int, settings: Settings
+    message: str,
+    history: list,
+    spec: str,
+    k: int,
+    settings: Settings,
+    filters: dict | None = None,
 ) -> Iterator[tuple[str, Answer | None]]:
     """(growing answer text, None) while streaming, then (final text, Answer). Every failure
-    becomes a readable final Answer with `.error` set, never an exception."""
+    becomes a readable final Answer with `.error` set, never an exception. `filters`: the
+    since/until/categories the visitor typed (validated by `qa.filters`)."""
     text = ""
     try:
-        for event in stream(message, history, spec, k=k, settings=settings):
+        for event in stream(message, history, spec, k=k, settings=settings, **(filters or {})):
             if isinstance(event, Answer):  # redact: a server URL in an error may hold a login
                 event.text = redact(event.text)
                 yield event.text, event
@@ -317,39 +356,64 @@ def index_status(settings: Settings) -> Iterator[str]:
 def _handlers(current: Callable[[], Settings]):
     """The event functions, reading settings at call time (tests and reloads change them)."""
 
-    def chat(message: str, chatbot: list, model: str, k: float) -> Iterator[tuple[str, list, str]]:
+    def chat(
+        message: str,
+        chatbot: list,
+        model: str,
+        k: float,
+        since: str = "",
+        until: str = "",
+        categories: str = "",
+    ) -> Iterator[tuple[str, list, str, str]]:
         settings = current()
         history = plain_history(chatbot)
         messages = list(chatbot or [])
         if (message or "").strip():
             messages.append({"role": "user", "content": inert_markdown(message)})
         messages.append({"role": "assistant", "content": THINKING})
-        yield "", messages, sources_html(None)
+        yield "", messages, sources_html(None), ""
         spec, n = resolve_spec(model, settings), resolve_k(k, settings)
-        for text, final in answer_events(message or "", history, spec, n, settings):
+        filters = ui_filters(since, until, categories)
+        for text, final in answer_events(message or "", history, spec, n, settings, filters):
             messages[-1] = {"role": "assistant", "content": inert_markdown(text) or THINKING}
-            yield "", messages, (sources_html(final) if final else gr.skip())
+            if final:
+                yield "", messages, sources_html(final), final.bibtex()
+            else:
+                yield "", messages, gr.skip(), gr.skip()
 
     # A generator (so `client.submit` streams), annotated with what each step yields:
     # `gr.api` derives the endpoint's outputs from the return annotation.
     def ask(
-        message: str, history: list | None = None, model: str = "", k: int = 0
+        message: str,
+        history: list | None = None,
+        model: str = "",
+        k: int = 0,
+        since: str = "",
+        until: str = "",
+        categories: str = "",
     ) -> tuple[str, list]:
         """Answer a question about the indexed arXiv abstracts, with the chat history as
-        [{"role", "content"}] dicts. Returns (answer markdown with arXiv links, sources)."""
+        [{"role", "content"}] dicts; `since`/`until` (YYYY[-MM[-DD]]) and `categories`
+        (comma-separated, e.g. "cs.CL,cs.AI") restrict the papers. Returns (answer markdown
+        with arXiv links, sources)."""
         settings = current()
         turns = plain_history(history)
         spec, n = resolve_spec(model, settings), resolve_k(k or None, settings)
-        for text, final in answer_events(message or "", turns, spec, n, settings):
+        filters = ui_filters(since, until, categories)
+        for text, final in answer_events(message or "", turns, spec, n, settings, filters):
             yield render_markdown(text), (sources_data(final) if final else [])
+
+    def similar_papers(arxiv_id: str, k: float) -> str:
+        """The sources panel listing the papers most like one paper (by arXiv ID)."""
+        return similar_html(arxiv_id, resolve_k(k, current()), current())
 
     def status() -> Iterator[str]:
         yield from index_status(current())
 
-    def clear() -> tuple[list, str, str]:
-        return [], "", sources_html(Answer(text=""))
+    def clear() -> tuple[list, str, str, str]:
+        return [], "", sources_html(Answer(text="")), ""
 
-    return chat, ask, status, clear
+    return chat, ask, status, clear, similar_papers
 
 
 def build_demo(settings: Settings | None = None) -> gr.Blocks:
@@ -361,7 +425,7 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
 
     initial = current()
     limit = initial.concurrency_limit
-    chat, ask, status, clear = _handlers(current)
+    chat, ask, status, clear, similar_papers = _handlers(current)
     choices = list(dict.fromkeys([redact(initial.model), *MODEL_CHOICES]))
 
     with gr.Blocks(title="arxiv-qa", analytics_enabled=False) as demo:
@@ -419,6 +483,34 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
                         label="Papers to retrieve (k)",
                         elem_id="k",
                     )
+                    with gr.Row():
+                        since = gr.Textbox(
+                            label="Published since",
+                            placeholder="YYYY[-MM[-DD]]",
+                            max_length=10,
+                            elem_id="since",
+                        )
+                        until = gr.Textbox(
+                            label="until",
+                            placeholder="YYYY[-MM[-DD]]",
+                            max_length=10,
+                            elem_id="until",
+                        )
+                    categories = gr.Textbox(
+                        label="Categories",
+                        placeholder="e.g. cs.CL, cs.AI (or cs)",
+                        max_length=200,
+                        elem_id="categories",
+                    )
+                with gr.Accordion("Similar papers", open=False), gr.Row():
+                    similar_id = gr.Textbox(
+                        placeholder="arXiv ID, e.g. 2304.04704",
+                        show_label=False,
+                        max_length=80,
+                        scale=3,
+                        elem_id="similar-id",
+                    )
+                    similar_button = gr.Button("Find similar", scale=1, elem_id="similar")
                 gr.Markdown("### Sources")
                 sources = gr.HTML(
                     sources_html(Answer(text="")),
@@ -428,19 +520,39 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
                     max_height=620,
                     padding=True,
                 )
+                bibtex = gr.Code(
+                    label="BibTeX of the cited papers",
+                    language=None,
+                    interactive=False,
+                    lines=3,
+                    max_lines=12,
+                    buttons=["copy", "download"],
+                    elem_id="bibtex",
+                )
 
         gr.on(
             [question.submit, send.click],
             chat,
-            inputs=[question, chatbot, model, k],
-            outputs=[question, chatbot, sources],
+            inputs=[question, chatbot, model, k, since, until, categories],
+            outputs=[question, chatbot, sources, bibtex],
             api_name="chat",
             api_visibility="undocumented",
             concurrency_limit=limit,
             concurrency_id="answer",
             show_progress="minimal",
         )
-        new_chat.click(clear, outputs=[chatbot, question, sources], api_visibility="private")
+        new_chat.click(
+            clear, outputs=[chatbot, question, sources, bibtex], api_visibility="private"
+        )
+        gr.on(
+            [similar_id.submit, similar_button.click],
+            similar_papers,
+            inputs=[similar_id, k],
+            outputs=[sources],
+            api_name="similar",
+            concurrency_limit=limit,
+            concurrency_id="answer",
+        )
         demo.load(status, outputs=[status_line], api_visibility="private")
         gr.api(ask, api_name="ask", concurrency_limit=limit, concurrency_id="answer")
     demo.queue(default_concurrency_limit=limit)

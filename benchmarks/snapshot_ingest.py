@@ -58,7 +58,7 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
             year = rng.randint(2015, 2025)
             month = rng.randint(1, 12)
             ident = f"{year % 100:02d}{month:02d}.{i % 100000:05d}"
-            people = [(rng.choice(last), rng.choice(first), "") for _ in range(rng.randint(1, 12))]
+            people = [(rng.choice(last), rng.choice(first), "") for _ in range(rng.randint(1, 8))]
             cats = rng.sample(CATEGORIES, rng.randint(1, 3))
             versions = [
                 {"version": f"v{v + 1}", "created": f"Mon, {rng.randint(1, 28)} "
@@ -78,7 +78,7 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
                 "report-no": None,
                 "categories": " ".join(cats),
                 "license": None,
-                "abstract": "  " + " ".join(rng.choices(vocab, k=rng.randint(100, 200))) + ".\n",
+                "abstract": "  " + " ".join(rng.choices(vocab, k=rng.randint(90, 180))) + ".\n",
                 "versions": versions,
                 "update_date": f"{year}-{month:02d}-{rng.randint(1, 28):02d}",
                 "authors_parsed": [list(p) for p in people],

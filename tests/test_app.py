@@ -36,6 +36,7 @@ pytestmark = [
 ]
 
 POMP = "2304.04704"
+NO_FILTER = ("", "", "")  # the UI's since / until / categories boxes, left blank
 VOICE_BACKDOOR = "2306.15875"
 QUESTIONS = [
     ("How can voice conversion be used for backdoor attacks on speech classification?", None),
@@ -147,16 +148,51 @@ def test_follow_up_uses_the_history(client):
 
 def test_ui_chat_event_carries_the_conversation(client):
     """The UI's own event: the chatbot value goes in, the grown conversation comes out."""
-    box, chat, panel = client.predict(QUESTIONS[1][0], [], "stub", 5, api_name="/chat")
+    box, chat, panel, bib = client.predict(
+        QUESTIONS[1][0], [], "stub", 5, *NO_FILTER, api_name="/chat"
+    )
     assert box == ""
+    assert f"eprint = {{{POMP}}}" in bib  # BibTeX of the cited papers, for download
     assert [m["role"] for m in chat] == ["user", "assistant"]
     assert f"https://arxiv.org/abs/{POMP}" in chat[1]["content"][0]["text"]
     assert "Cited papers (" in panel and "not cited" in panel
-    _, chat, panel = client.predict(
-        "What datasets did they evaluate on?", chat, "stub", 5, api_name="/chat"
+    _, chat, panel, _ = client.predict(
+        "What datasets did they evaluate on?", chat, "stub", 5, *NO_FILTER, api_name="/chat"
     )
     assert len(chat) == 4
     assert "Searched for:" in panel and POMP in panel.split("Also retrieved")[0]
+
+
+def test_ask_api_filters_by_date_and_returns_metadata(client):
+    text, sources = client.predict(
+        "Which machine unlearning methods exist for language models?",
+        [], "stub", 5, "2024-01-01", "2024-12-31", "",
+        api_name="/ask",
+    )  # fmt: skip
+    assert sources and all(s["published"].startswith("2024") for s in sources)
+    assert {"authors", "categories", "published"} <= set(sources[0])
+    assert "2024-01-01 to 2024-12-31" in text
+
+
+def test_ui_filter_boxes_reach_retrieval_and_the_panel_says_so(client):
+    _, _, panel, _ = client.predict(
+        "machine unlearning", [], "stub", 5, "2025", "", "", api_name="/chat"
+    )
+    assert "Only papers: published since 2025-01-01" in panel
+    assert "2025-" in panel and "2023-" not in panel
+
+
+def test_bad_filter_is_a_readable_message(client):
+    text, sources = client.predict("What is POMP?", [], "stub", 5, "soon", "", "", api_name="/ask")
+    assert "not a date" in text and sources == []
+
+
+def test_similar_papers_action(client):
+    panel = client.predict(POMP, 3, api_name="/similar")
+    assert panel.count("<li") == 3 and f"abs/{POMP}" not in panel
+    assert "Papers like" in panel
+    assert "month 99" in client.predict("2399.00001", 3, api_name="/similar")
+    assert "not in the index" in client.predict("2309.99999", 3, api_name="/similar")
 
 
 # ---------------------------------------------------------------- errors stay readable
@@ -166,7 +202,7 @@ def test_empty_question_is_a_readable_message(client):
     answer, sources = ask(client, "   ")
     assert answer.startswith("⚠️ Please type a question")
     assert sources == []
-    _, chat, _ = client.predict("", [], "stub", 5, api_name="/chat")
+    _, chat, _, _ = client.predict("", [], "stub", 5, *NO_FILTER, api_name="/chat")
     assert [m["role"] for m in chat] == ["assistant"]
     assert "Please type a question" in chat[0]["content"][0]["text"]
 
