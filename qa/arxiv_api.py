@@ -20,6 +20,7 @@ from pathlib import Path
 
 import arxiv
 
+from qa.arxiv_ids import id_month
 from qa.atom import result_row
 from qa.config import Settings, get_settings
 from qa.corpus import Paper, paper_from_record, record_from_row
@@ -148,4 +149,70 @@ def fetch(
             report.error = f"{exc} (the {report.fetched} papers fetched so far are kept)"
             return report
     report.exhausted = report.fetched < limit
+    return report
+
+
+# ---------------------------------------------------------------- metadata for known IDs
+
+
+@dataclass
+class MetadataReport:
+    filled: list[Paper] = field(default_factory=list)  # papers that gained a field
+    not_found: list[str] = field(default_factory=list)  # IDs the API did not return
+    error: str | None = None
+
+
+def lacks_metadata(paper: Paper) -> bool:
+    return bool(paper.arxiv_id) and not (paper.authors and paper.categories)
+
+
+def fill_from(paper: Paper, found: Paper) -> bool:
+    """Fill the paper's empty metadata fields from the API's record; True if any changed.
+    The API's first-version date replaces a date that was only the ID's month."""
+    changed = False
+    for name in ("authors", "categories", "updated", "doi", "journal_ref", "comment"):
+        if not getattr(paper, name) and getattr(found, name):
+            setattr(paper, name, getattr(found, name))
+            changed = True
+    if found.published and paper.published in (None, id_month(paper.arxiv_id)):
+        changed |= paper.published != found.published
+        paper.published = found.published
+    return changed
+
+
+def fill_metadata(
+    papers: list[Paper],
+    *,
+    settings: Settings | None = None,
+    client: arxiv.Client | None = None,
+) -> MetadataReport:
+    """Authors, categories, dates, DOI and journal reference from the arXiv API for papers
+    that have an arXiv ID but no metadata (a page of IDs per request); updated in place."""
+    settings = settings or get_settings()
+    client = client or make_client(
+        settings.arxiv_api_url,
+        delay_seconds=settings.arxiv_delay,
+        page_size=settings.arxiv_page_size,
+    )
+    report = MetadataReport()
+    todo = {p.arxiv_id: p for p in papers if lacks_metadata(p)}
+    ids = list(todo)
+    warnings: list[str] = []
+    for start in range(0, len(ids), client.page_size):
+        part = ids[start : start + client.page_size]
+        search = arxiv.Search(id_list=part, max_results=len(part))
+        try:
+            with api_errors(client):
+                results = list(client.results(search))
+        except ResolveError as exc:
+            report.error = str(exc)
+            break
+        seen = set()
+        for result in results:
+            found = paper_from_result(result, warnings)
+            if found and found.arxiv_id in todo:
+                seen.add(found.arxiv_id)
+                if fill_from(todo[found.arxiv_id], found):
+                    report.filled.append(todo[found.arxiv_id])
+        report.not_found += [i for i in part if i not in seen]
     return report

@@ -235,6 +235,29 @@ def cmd_resolve(args: argparse.Namespace) -> int:
         print(f"  {old} → arXiv:{new}")
     if report.resolved:
         print("run `qa ingest` to index the new IDs")
+    return _fill_metadata(papers, settings, bundled=not args.paths) if args.metadata else 0
+
+
+def _fill_metadata(papers: list, settings: Settings, bundled: bool) -> int:
+    """`qa resolve`'s second half: authors, categories, dates… for papers with an ID, from
+    the arXiv API, recorded and indexed."""
+    from qa.arxiv_api import fill_metadata, lacks_metadata
+    from qa.index import build_index
+    from qa.store import BUNDLED, USER
+
+    wanted = sum(lacks_metadata(p) for p in papers)
+    print(f"{wanted} papers with an arXiv ID lack authors/categories; asking the arXiv API")
+    report = fill_metadata(papers, settings=settings)
+    if report.filled:
+        ingest = build_index(
+            report.filled, settings=settings, origin=BUNDLED if bundled else USER, progress=False
+        )
+        print(f"metadata filled for {len(report.filled)} papers; {ingest.summary()}")
+    if report.not_found:
+        print(f"not on arXiv: {', '.join(report.not_found[:20])}", file=sys.stderr)
+    if report.error:
+        print(f"error: {report.error}; run `qa resolve` again to continue", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 
@@ -307,8 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("resolve", help="find arXiv IDs for papers without one")
+    p = sub.add_parser("resolve", help="find arXiv IDs and metadata for papers lacking them")
     p.add_argument("paths", nargs="*", help="files or folders (default: the bundled seeds)")
+    p.add_argument(
+        "--no-metadata",
+        dest="metadata",
+        action="store_false",
+        help="only look up IDs (not authors, categories, dates)",
+    )
     p.set_defaults(func=cmd_resolve)
     return parser
 

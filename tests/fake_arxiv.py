@@ -2,9 +2,9 @@
 
 `pytest_plugins = ["fake_arxiv"]` gives a test the `serve` fixture: `serve(entries)` starts a
 `FakeArxiv` on 127.0.0.1 (free port) and returns `(fake, url_format)`. It answers `ti:"…"` /
-`abs:"…"` phrase queries, `cat:X` and `all`, pages by `start`/`max_results` with
-`opensearch:totalResults` as the real API does (user manual, "Details of Atom Results"), and
-records every request.
+`abs:"…"` phrase queries, `cat:X`, `all` and `id_list` look-ups, pages by `start`/`max_results`
+with `opensearch:totalResults` as the real API does (user manual, "Details of Atom Results"),
+and records every request.
 """
 
 from __future__ import annotations
@@ -126,6 +126,8 @@ class FakeArxiv:
     def page(self, params: dict[str, str]) -> bytes:
         query = params.get("search_query", "")
         found = self.answer(query)
+        if ids := [i for i in params.get("id_list", "").split(",") if i]:
+            found = [e for e in self.entries if e.arxiv_id.rsplit("v", 1)[0] in ids]
         start = int(params.get("start", 0))
         size = int(params.get("max_results", 10))
         return feed(found[start : start + size], query, start, len(found))

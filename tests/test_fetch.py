@@ -134,3 +134,26 @@ def test_cli_fetch_then_similar(api, capsys):
 def test_empty_query_is_refused(api):
     with pytest.raises(qa.arxiv_api.FetchError, match="empty query"):
         fetch("   ", settings=api[1], progress=False)
+
+
+def test_resolve_fills_metadata_of_papers_with_ids(api, tmp_path, capsys):
+    """`qa resolve FILE`: papers with an arXiv ID but no authors/categories get them from the
+    API (one id_list request per page), recorded and indexed; the ID-month date is replaced by
+    the first version's date; an ID arXiv does not know is named."""
+    fake, settings = api
+    mine = tmp_path / "mine.jsonl"
+    rows = [
+        '{"arxiv_id": "2401.00003", "title": "T3", "abstract": "Summaries of text."}',
+        '{"arxiv_id": "arXiv:2401.00004v1", "title": "T4", "abstract": "Tags on words."}',
+        '{"arxiv_id": "2401.99999", "title": "T9", "abstract": "Nobody knows this one."}',
+    ]
+    mine.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert main(["resolve", str(mine)]) == 0
+    captured = capsys.readouterr()
+    assert "metadata filled for 2 papers" in captured.out
+    assert "not on arXiv: 2401.99999" in captured.err
+    assert [r.get("id_list") for r in fake.requests] == ["2401.00003,2401.00004,2401.99999"]
+    held = open_index(settings).papers(["2401.00003", "2401.99999"])
+    assert held["2401.00003"].authors == ["Author 2", "Shared Person"]
+    assert held["2401.00003"].published == date(2024, 1, 12)  # not the ID's 2024-01-01
+    assert "2401.99999" not in held  # resolve records what it filled; `qa ingest` the rest
