@@ -351,3 +351,26 @@ def test_bibtex_is_valid_for_awkward_titles_and_names():
     assert (old.fields["eprint"], old.fields["primaryClass"]) == ("hep-th/9901001", "hep-th")
     assert "eprint" not in bib.entries[list(bib.entries)[2]].fields
     assert bibtex([papers[0], papers[0]]).count("@misc") == 1
+
+
+def test_cli_ingest_of_a_snapshot_filters_while_reading(tmp_path, capsys):
+    rows = [
+        snapshot_row(1),
+        snapshot_row(2, categories="cs.CV"),
+        snapshot_row(3, versions=[{"version": "v1", "created": "Sat, 30 Dec 2023 10:00:00 GMT"}]),
+        snapshot_row(4, categories="hep-th cs.CL"),
+        snapshot_row(5, id="2499.00005"),  # impossible month: reported, kept without an ID
+    ]
+    path = write_jsonl(tmp_path / "arxiv-metadata-oai-snapshot.json", rows)
+    from qa.cli import main
+    from qa.config import get_settings
+
+    code = main(["ingest", str(path), "--category", "cs.CL", "--since", "2024-01-01"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "keeping papers matching: published since 2024-01-01; categories cs.CL" in captured.err
+    assert "line 5: '2499.00005' is not an arXiv ID: month 99 does not exist" in captured.err
+    assert "3 papers kept" in captured.out  # row 5 too, cited as ref:…
+    held = open_index(get_settings()).papers([f"2401.{i:05d}" for i in range(1, 6)])
+    assert sorted(held) == ["2401.00001", "2401.00004"]
+    assert held["2401.00004"].categories == ["hep-th", "cs.CL"]
