@@ -323,7 +323,8 @@ def stream(
     note = filter_note(answer.filters, explicit)
 
     if not is_relevant(hits, settings):
-        answer.text, answer.abstained = note + abstention_text(hits), True
+        nothing = "No indexed paper matches this filter." if answer.filters and not hits else ""
+        answer.text, answer.abstained = note + (nothing or abstention_text(hits)), True
         yield from _whole(answer)
         return
     if note:

@@ -33,11 +33,17 @@ _CATEGORY_WORD = re.compile(
     r"|cond-mat|quant-ph)\.[A-Za-z]{2})\b",
     re.IGNORECASE,
 )
+# A year is a period unless it counts something: "in 2000 steps", "of 2048 tokens" (a plural
+# noun after it that is not "papers", "works", …).
+_END = (
+    r"(?!\s+(?!(?:papers|works|preprints|articles|studies|publications|was|has|is|does)\b)"
+    r"[A-Za-z-]{2,}s\b)"
+)
 _PERIODS = [  # (pattern, how the match becomes (since, until))
-    (rf"\b(?:from|between)\s+{_YEAR}\s+(?:to|and|until|through|-|–)\s+{_YEAR}\b", "range"),
-    (rf"\b(?:since|from|after)\s+(?:the\s+)?(?:start\s+of\s+)?{_YEAR}\b", "since"),
-    (rf"\b(?:before|until|up\s+to|prior\s+to)\s+{_YEAR}\b", "until"),
-    (rf"\b(?:in|during|of|published\s+in)\s+{_YEAR}\b", "year"),
+    (rf"\b(?:from|between)\s+{_YEAR}\s+(?:to|and|until|through|-|–)\s+{_YEAR}\b{_END}", "range"),
+    (rf"\b(?:since|from|after)\s+(?:the\s+)?(?:start\s+of\s+)?{_YEAR}\b{_END}", "since"),
+    (rf"\b(?:before|until|up\s+to|prior\s+to)\s+{_YEAR}\b{_END}", "until"),
+    (rf"\b(?:in|during|of|published\s+in)\s+{_YEAR}\b{_END}", "year"),
 ]
 
 

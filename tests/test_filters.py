@@ -141,6 +141,9 @@ def test_paper_named_by_id_outside_the_filter_is_not_pinned(index_env):
 
 def test_filter_matching_nothing_returns_nothing(index_env):
     assert qa.retrieve("language models", k=5, categories=["astro-ph"]) == []
+    answer = qa.ask("What do language models do?", categories=["astro-ph"])
+    assert answer.abstained and answer.sources == []
+    assert "No indexed paper matches this filter." in answer.text
 
 
 @pytest.mark.parametrize(
@@ -170,6 +173,9 @@ def test_bad_filters_are_refused_with_a_reason(kwargs, message):
         ("What is POMP?", Filters()),
         ("How does GPT-4 compare with 2,000 annotators?", Filters()),
         ("results on CIFAR-10 in 10 epochs", Filters()),
+        ("models trained in 2000 steps", Filters()),
+        ("a context of 2048 tokens", Filters()),
+        ("papers from 2023 on retrieval", Filters(since=date(2023, 1, 1))),
     ],
 )
 def test_filters_named_in_the_question(question, expected):
