@@ -19,6 +19,8 @@ from qa.filters import FilterError, Filters, from_question
 from qa.index import build_index
 from qa.similarity import UnknownPaper
 
+pytest_plugins = ["chroma_server"]
+
 TOPICS = {  # category → (authors, sentences the abstracts are made of)
     "cs.CV": (
         ["Alice Zhang", "Bruno Costa"],
@@ -275,3 +277,19 @@ def test_answer_bibtex_holds_exactly_the_cited_papers(index_env):
     assert [e.fields["eprint"] for e in bib.entries.values()] == [
         p.arxiv_id for p in answer.citations
     ]
+
+
+@pytest.mark.server
+def test_filters_against_a_chroma_server(chroma_server, monkeypatch):
+    """The same `where` clauses (list `$contains`, integer dates) on `chroma run`."""
+    from chroma_server import use_server
+
+    use_server(monkeypatch, chroma_server)
+    build_index(extra_papers(), progress=False)
+    for given in ({"categories": ["cs.CV"]}, {"authors": ["volkov"], "since": "2021"}):
+        flt = Filters.make(**given)
+        for mode in ("hybrid", "keyword", "dense"):
+            hits = qa.retrieve("language models for translation", k=4, mode=mode, **given)
+            assert all(flt.matches(h.paper) for h in hits), (given, mode)
+            if mode != "keyword":  # no word of the question is in the cs.CV abstracts
+                assert len(hits) == 4, (given, mode)
