@@ -90,9 +90,12 @@ def _ingest_streamed(paths: Sequence[str], filters, settings: Settings) -> int:
     return 0
 
 
-def _print_answer(answer, as_json: bool) -> None:
+def _print_answer(answer, as_json: bool, bibtex: bool = False) -> None:
+    """The cited papers after a streamed answer (or the whole Answer as JSON); with `bibtex`,
+    their BibTeX too (a `bibtex` field in JSON)."""
     if as_json:
-        print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
+        data = answer.to_dict() | ({"bibtex": answer.bibtex()} if bibtex else {})
+        print(json.dumps(data, indent=2, ensure_ascii=False))
         return
     print()
     if answer.citations:
@@ -102,6 +105,8 @@ def _print_answer(answer, as_json: bool) -> None:
             print(f"  [{paper.arxiv_id or paper.key}] {paper.title}\n      {link}")
     elif answer.sources and answer.abstained:
         print("\n(no paper cited)")
+    if bibtex and answer.citations:
+        print("\n" + answer.bibtex(), end="")
 
 
 def _filter_args(args: argparse.Namespace) -> dict:
@@ -110,7 +115,12 @@ def _filter_args(args: argparse.Namespace) -> dict:
 
 
 def _stream_answer(
-    question: str, history: list, settings: Settings, as_json: bool, filters: dict | None = None
+    question: str,
+    history: list,
+    settings: Settings,
+    as_json: bool,
+    filters: dict | None = None,
+    bibtex: bool = False,
 ):
     """Print the answer as it streams (plain mode) and return the final Answer."""
     from qa.chain import Answer, stream
@@ -124,15 +134,14 @@ def _stream_answer(
             final = event
         elif not as_json:
             print(event, end="", flush=True)
-    _print_answer(final, as_json)
+    _print_answer(final, as_json, bibtex)
     return final
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    answer = _stream_answer(args.question, [], settings, args.json, _filter_args(args))
-    if args.bibtex:
-        print("\n" + answer.bibtex(), end="")
+    filters = _filter_args(args)
+    answer = _stream_answer(args.question, [], settings, args.json, filters, args.bibtex)
     return 1 if answer.error else 0
 
 

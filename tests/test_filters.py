@@ -221,6 +221,10 @@ def test_cli_ask_filters_json_and_bibtex(index_env, capsys):
         sources[0]
     )
 
+    assert main(["ask", "What is POMP?", "--json", "--bibtex"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "eprint = {2304.04704}" in out["bibtex"]
+
     assert main(["ask", "image segmentation of CT scans", "--since", "2024", "--bibtex"]) == 0
     out = capsys.readouterr().out
     bib = parse_string(out[out.index("@misc") :], "bibtex")
