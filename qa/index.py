@@ -713,6 +713,13 @@ class IngestReport:
             f"({self.vectors_from_cache} vectors from cache, {self.vectors_computed} computed)",
             f"{self.seconds:.1f} s",
         ]
+        rec = self.recorded
+        if rec.replaced or rec.kept_both:
+            parts.insert(
+                1,
+                f"{len(rec.replaced)} replaced by a new version, "
+                f"{len(rec.kept_both)} kept beside another version of their ID",
+            )
         if self.rebuilt:
             parts.insert(0, f"rebuilt ({self.rebuilt})")
         return "; ".join(parts)

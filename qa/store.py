@@ -28,7 +28,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from qa.config import Settings, get_settings
-from qa.corpus import Paper, content_key, normalize
+from qa.corpus import Paper, as_variant, normalize
 
 log = logging.getLogger(__name__)
 
@@ -379,19 +379,6 @@ def _merge(held: Paper, new: Paper) -> Paper:
         elif value not in (None, "", [], {}):
             merged[name] = value
     return paper_from_dict(merged)
-
-
-def as_variant(paper: Paper) -> Paper:
-    """Another version of an already-held arXiv ID, kept beside it under its content key.
-
-    Its ID is not claimed (two abstracts must not share one `[arXiv:ID]` citation); the
-    comment says which ID the file gave.
-    """
-    note = f"arXiv ID {paper.arxiv_id} given, but another abstract is held under it"
-    comment = f"{paper.comment}; {note}" if paper.comment else note
-    return dataclasses.replace(
-        paper, key=content_key(paper.abstract), arxiv_id=None, comment=comment
-    )
 
 
 # ---------------------------------------------------------------- opening, the lock
