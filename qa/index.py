@@ -874,6 +874,7 @@ def _rebuild(settings: Settings, store: CorpusStore, report: IngestReport, progr
     if new.built_with() != new.model_id:  # an unfinished build with another model
         new.call(new.client.delete_collection, name)
         new = Index(settings, name=name, create=True)
+    _drop_retired(new, store)
     _fill(new, store.papers(), report, progress)
     retired = [n for n in [*_retired(store, target), old] if n and n != name]
     generation = store.set_active(
@@ -884,9 +885,7 @@ def _rebuild(settings: Settings, store: CorpusStore, report: IngestReport, progr
     new.generation = generation
     new.bump_revision()
     new.close()
-    index = open_index(settings)  # the shared handle follows the switch
-    _drop_retired(index, store)
-    _save_keyword_index(index)
+    _save_keyword_index(open_index(settings))  # the shared handle follows the switch
 
 
 def _retired(store: CorpusStore, target: str) -> list[str]:
@@ -894,8 +893,9 @@ def _retired(store: CorpusStore, target: str) -> list[str]:
 
 
 def _drop_retired(index: Index, store: CorpusStore) -> None:
-    """Delete collections a rebuild replaced. Done by the writer after the switch is
-    committed; a reader still on one reopens at its next question (the generation changed)."""
+    """Delete the collections earlier rebuilds replaced. Left until the next write, so a
+    question in flight in a reader when the switch was committed still finishes on the old
+    one (readers move to the new one at their next question)."""
     target = target_of(index.settings)
     names = _retired(store, target)
     if not names:

@@ -270,8 +270,6 @@ class CorpusStore:
                     else:
                         report.unchanged.append(twin.key)
                     report.papers.append(twin)
-            if report.added or report.updated or report.replaced:
-                _bump(conn)
         return report
 
     def _put(self, conn: sqlite3.Connection, paper: Paper, origin: str, now: float, new: bool):
@@ -297,12 +295,10 @@ class CorpusStore:
             gone = [
                 k for k in keys if conn.execute("DELETE FROM papers WHERE key = ?", (k,)).rowcount
             ]
-            if gone:
-                _bump(conn)
         return gone
 
     def find(self, ids: Iterable[str]) -> dict[str, list[str]]:
-        """arXiv ID or key → the keys it names (an ID also names its kept-both variants)."""
+        """arXiv ID or key → the keys it names ([] when the record holds neither)."""
         held = {p.key: p for p in self.papers()}
         by_id: dict[str, list[str]] = {}
         for p in held.values():
@@ -313,7 +309,8 @@ class CorpusStore:
     # -- active collection and generation
 
     def generation(self) -> int:
-        """Bumped by every write: readers compare it to notice new data."""
+        """Bumped when a writer commits a new index state (never while it is still writing):
+        readers compare it to notice new papers or a switched collection."""
         if not self.exists():
             return 0
         with self._read() as conn:

@@ -337,7 +337,7 @@ def test_reader_answers_during_an_ingest_and_then_finds_the_new_papers(
                 break
     finally:
         stop.touch()
-        out, err = reader.communicate(timeout=60)
+        out, _ = reader.communicate(timeout=60)
     lines += [json.loads(x) for x in out.splitlines() if x.strip()]
     failures = [x for x in lines if "err" in x or x.get("error")]
     assert not failures, failures[:3]
