@@ -5,15 +5,20 @@ kills mid-rebuild."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.register_assert_rewrite("chroma_server")
@@ -343,3 +348,100 @@ def test_reader_answers_during_an_ingest_and_then_finds_the_new_papers(
     assert not failures, failures[:3]
     assert any("2599.00000" in x.get("ok", []) for x in lines), lines[-3:]
     assert len(lines) >= 5
+
+
+# ---------------------------------------------------------------- a failing embedding backend
+
+
+class EmbeddingServer:
+    """A loopback OpenAI-compatible /v1/embeddings server: hashed bag-of-words vectors."""
+
+    DIM = 64
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.httpd: ThreadingHTTPServer | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, port: int = 0) -> EmbeddingServer:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _embedding_handler(self.DIM))
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.httpd = None
+
+
+def _embedding_handler(dim: int) -> type[BaseHTTPRequestHandler]:
+    def vector(text: str) -> np.ndarray:
+        v = np.zeros(dim, dtype=np.float32)
+        for word in text.lower().split():
+            v[int(hashlib.md5(word.encode()).hexdigest(), 16) % dim] += 1.0
+        return v / (np.linalg.norm(v) or 1.0)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format, *args):
+            pass
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            data = []
+            for i, text in enumerate(texts):
+                vec = vector(text)
+                emb = (
+                    base64.b64encode(vec.tobytes()).decode()
+                    if body.get("encoding_format") == "base64"
+                    else vec.tolist()
+                )
+                data.append({"object": "embedding", "index": i, "embedding": emb})
+            usage = {"prompt_tokens": 0, "total_tokens": 0}
+            reply = {"object": "list", "data": data, "model": body["model"], "usage": usage}
+            payload = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    return Handler
+
+
+def test_embedding_backend_down_during_ask_touches_nothing(
+    index_mode, small_seeds, tmp_path, monkeypatch
+):
+    """The index was built with a remote embedding server that is now down: `qa ask` says
+    so in one line and every paper stays retrievable once the server is back."""
+    server = EmbeddingServer().start()
+    try:
+        monkeypatch.setenv("QA_EMBEDDINGS", f"openai-compatible:hash@{server.base_url}")
+        monkeypatch.setenv("QA_MAX_RETRIES", "0")
+        get_settings.cache_clear()
+        mine = write_jsonl(tmp_path / "mine.jsonl", [made_up("zorbulation")])
+        assert run_qa("ingest").returncode == 0
+        assert run_qa("ingest", str(mine)).returncode == 0
+        assert run_qa("ask", "What is zorbulation?").returncode == 0
+        assert keys_found("zorbulation regulariser")[0] == "2599.00000"
+        before, generation = sorted(chunk_ids()), open_store().generation()
+        port = server.port
+        server.stop()
+
+        asked = run_qa("ask", "What is zorbulation?")
+        assert asked.returncode == 2 and "Traceback" not in asked.stderr
+        assert len(asked.stderr.strip().splitlines()) == 1, asked.stderr
+        assert "QA_EMBEDDINGS" in asked.stderr and "failed" in asked.stderr
+        assert open_store().generation() == generation
+
+        server.start(port=port)
+        assert sorted(chunk_ids()) == before
+        assert run_qa("ask", "What is zorbulation?").returncode == 0
+        assert keys_found("zorbulation regulariser")[0] == "2599.00000"
+    finally:
+        server.stop()
