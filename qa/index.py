@@ -546,7 +546,8 @@ class Index:
         return self.metadata().get("embedding_model")
 
     def count(self) -> int:
-        return self.call(self.collection.count)
+        """Chunks in the collection (0 when there is no index yet)."""
+        return self.call(self._collection.count) if self.exists else 0
 
     def note_write(self) -> None:
         self.writes += 1
