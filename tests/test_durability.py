@@ -445,3 +445,60 @@ def test_embedding_backend_down_during_ask_touches_nothing(
         assert keys_found("zorbulation regulariser")[0] == "2599.00000"
     finally:
         server.stop()
+
+
+def test_app_py_keeps_answering_during_an_ingest_and_then_finds_new_papers(
+    index_mode, small_seeds, tmp_path
+):
+    """The issue's UI report: `python app.py` serving while another process ingests."""
+    from chroma_server import free_port
+    from gradio_client import Client
+
+    assert run_qa("ingest").returncode == 0
+    rows = [made_up("zorbulation")] + [
+        dict(r, arxiv_id=f"2598.{i:05d}", abstract="Revisited: " + r["abstract"])
+        for i, r in enumerate(seed_rows(100, 60))
+    ]
+    new = write_jsonl(tmp_path / "new.jsonl", rows)
+    port = free_port()
+    env = {**os.environ, "QA_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
+    env.pop("QA_AUTH", None)
+    with open(tmp_path / "app.log", "wb") as log:
+        app = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+    try:
+        client = _connect(Client, f"http://127.0.0.1:{port}/", app)
+
+        def ask() -> tuple[str, list[str]]:
+            answer, sources = client.predict("What is zorbulation?", [], "stub", 5, api_name="/ask")
+            return answer, [s["arxiv_id"] for s in sources]
+
+        assert "2599.00000" not in ask()[1]
+        writer = start_qa("ingest", str(new), env={"QA_EMBED_BATCH": "4"})
+        answers = []
+        while writer.poll() is None:
+            answers.append(ask())
+        assert writer.returncode == 0, writer.communicate()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "2599.00000" not in answers[-1][1]:
+            answers.append(ask())
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+    broken = [a for a, _ in answers if "unavailable" in a or "went wrong" in a]
+    assert not broken, broken[:2]
+    assert len(answers) >= 3
+    assert "2599.00000" in answers[-1][1]  # found without a restart
+
+
+def _connect(client_class, url: str, proc: subprocess.Popen, seconds: float = 120):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"app.py exited with {proc.returncode}")
+        try:
+            return client_class(url, verbose=False)
+        except Exception:  # not up yet
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not come up within {seconds} s")
