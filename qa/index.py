@@ -135,7 +135,8 @@ def _title_prefix(title: str, max_tokens: int, length: Callable[[str], int]) -> 
 
 
 def paper_from_metadata(meta: dict) -> Paper:
-    """Rebuild a Paper from its first chunk's metadata (Chroma is the source of truth)."""
+    """Rebuild a Paper from its first chunk's metadata (what a hit shows; also how an index
+    from before the corpus record is adopted into it)."""
     return Paper(
         key=meta["key"],
         arxiv_id=meta.get("arxiv_id") or None,
@@ -508,10 +509,10 @@ class Index:
                 self._system = _chroma_system(self.client)
             self.name = self._active_name()
             self._collection = self._open_collection(create=False)
+            if self.exists:
+                check_model(self)  # raises until fixed: the generation stays unseen
             self.generation = generation
             self.note_write()
-        if self.exists:
-            check_model(self)
 
     def call(self, fn: Callable, *args, **kwargs):
         """Run a Chroma call, turning its many failure types into one clear error."""
@@ -813,7 +814,8 @@ def remove_papers(
         missing = [i for i, keys in found.items() if not keys]
         gone = store.remove([k for keys in found.values() for k in keys])
         report = IngestReport()
-        _update(settings, store, report, progress=False)
+        if gone:
+            _update(settings, store, report, progress=False)
     return gone, missing, report
 
 
