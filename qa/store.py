@@ -180,7 +180,10 @@ class CorpusStore:
             fix = "make it writable (or point QA_CORPUS_PATH at a writable copy) and run again"
         else:
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            fix = "run `qa papers` to check it"
+            fix = (
+                "move the file aside (keep it) and run `qa ingest`: it records the papers the "
+                "index holds again"
+            )
         return IndexUnavailable(f"cannot {what} {where}: {reason}; {fix}")
 
     # -- papers

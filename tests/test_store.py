@@ -249,3 +249,20 @@ def test_a_full_disk_while_recording_is_named_and_loses_nothing(tmp_path, monkey
     monkeypatch.undo()
     store.add([paper("2401.00002", B, "2401.00002"), paper("2401.00003", C, "2401.00003")])
     assert store.count() == 3
+
+
+def test_a_damaged_record_is_named_and_the_index_refills_a_new_one(tmp_path):
+    papers = [paper("2401.00001", A, "2401.00001"), paper("2401.00002", B, "2401.00002")]
+    build_index(papers, progress=False)
+    forget_indexes()
+    path = open_store().path
+    path.write_bytes(b"not a database" * 1000)
+    with pytest.raises(IndexUnavailable) as err:
+        open_index()
+    assert str(path) in str(err.value) and "QA_CORPUS_PATH" in str(err.value)
+    assert "move the file aside" in str(err.value)
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{path}{suffix}").exists():
+            Path(f"{path}{suffix}").rename(tmp_path / f"aside{suffix}")
+    build_index([], progress=False)
+    assert {p.key for p in open_store().papers()} == {"2401.00001", "2401.00002"}
