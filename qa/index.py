@@ -1047,8 +1047,11 @@ def ensure_index(settings: Settings | None = None, progress: bool = True) -> Ind
     another embedding model is refused with the fixing command, never rebuilt here."""
     settings = settings or get_settings()
     index = open_index(settings)
+    # no index at all, or a first build that never finished (recorded, never committed);
+    # an index from before the corpus record (no record) is used as it is
     first_build = not index.exists or (
-        index.corpus.active(target_of(settings)) is None and index.count() == 0
+        index.corpus.active(target_of(settings)) is None
+        and (index.corpus.exists() or index.count() == 0)
     )
     if first_build:
         papers = None if index.corpus.count() == 0 else []  # seeds, or the record as it is

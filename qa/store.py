@@ -62,6 +62,15 @@ def paper_to_dict(paper: Paper) -> dict:
     return dataclasses.asdict(paper)
 
 
+def _json_value(value: object) -> object:
+    """Non-JSON field values: dates as ISO strings, sets and tuples as lists."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, set | frozenset | tuple):
+        return sorted(value) if isinstance(value, set | frozenset) else list(value)
+    raise TypeError(f"cannot record a {type(value).__name__} field value in the corpus record")
+
+
 def paper_from_dict(data: dict) -> Paper:
     """A Paper from `paper_to_dict` output; keys this version does not know are ignored."""
     names = {f.name for f in dataclasses.fields(Paper)}
@@ -276,7 +285,7 @@ class CorpusStore:
         return report
 
     def _put(self, conn: sqlite3.Connection, paper: Paper, origin: str, now: float, new: bool):
-        data = json.dumps(paper_to_dict(paper), ensure_ascii=False)
+        data = json.dumps(paper_to_dict(paper), ensure_ascii=False, default=_json_value)
         if new:
             conn.execute(
                 "INSERT INTO papers (key, arxiv_id, origin, data, added, updated) "
