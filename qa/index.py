@@ -138,7 +138,8 @@ def _title_prefix(title: str, max_tokens: int, length: Callable[[str], int]) -> 
 
 
 def paper_from_metadata(meta: dict) -> Paper:
-    """Rebuild a Paper from its first chunk's metadata (Chroma is the source of truth)."""
+    """Rebuild a Paper from its first chunk's metadata (what a hit shows; also how an index
+    from before the corpus record is adopted into it)."""
     return Paper(
         key=meta["key"],
         arxiv_id=meta.get("arxiv_id") or None,
@@ -512,10 +513,10 @@ class Index:
                 self._system = _chroma_system(self.client)
             self.name = self._active_name()
             self._collection = self._open_collection(create=False)
+            if self.exists:
+                check_model(self)  # raises until fixed: the generation stays unseen
             self.generation = generation
             self.note_write()
-        if self.exists:
-            check_model(self)
 
     def call(self, fn: Callable, *args, **kwargs):
         """Run a Chroma call, turning its many failure types into one clear error."""
@@ -550,7 +551,8 @@ class Index:
         return self.metadata().get("embedding_model")
 
     def count(self) -> int:
-        return self.call(self.collection.count)
+        """Chunks in the collection (0 when there is no index yet)."""
+        return self.call(self._collection.count) if self.exists else 0
 
     def note_write(self) -> None:
         self.writes += 1
@@ -717,6 +719,13 @@ class IngestReport:
             f"({self.vectors_from_cache} vectors from cache, {self.vectors_computed} computed)",
             f"{self.seconds:.1f} s",
         ]
+        rec = self.recorded
+        if rec.replaced or rec.kept_both:
+            parts.insert(
+                1,
+                f"{len(rec.replaced)} replaced by a new version, "
+                f"{len(rec.kept_both)} kept beside another version of their ID",
+            )
         if self.rebuilt:
             parts.insert(0, f"rebuilt ({self.rebuilt})")
         return "; ".join(parts)
@@ -810,7 +819,8 @@ def remove_papers(
         missing = [i for i, keys in found.items() if not keys]
         gone = store.remove([k for keys in found.values() for k in keys])
         report = IngestReport()
-        _update(settings, store, report, progress=False)
+        if gone:
+            _update(settings, store, report, progress=False)
     return gone, missing, report
 
 
@@ -879,6 +889,7 @@ def _rebuild(settings: Settings, store: CorpusStore, report: IngestReport, progr
     if new.built_with() != new.model_id:  # an unfinished build with another model
         new.call(new.client.delete_collection, name)
         new = Index(settings, name=name, create=True)
+    _drop_retired(new, store)
     _fill(new, store.papers(), report, progress)
     retired = [n for n in [*_retired(store, target), old] if n and n != name]
     generation = store.set_active(
@@ -889,9 +900,7 @@ def _rebuild(settings: Settings, store: CorpusStore, report: IngestReport, progr
     new.generation = generation
     new.bump_revision()
     new.close()
-    index = open_index(settings)  # the shared handle follows the switch
-    _drop_retired(index, store)
-    _save_keyword_index(index)
+    _save_keyword_index(open_index(settings))  # the shared handle follows the switch
 
 
 def _retired(store: CorpusStore, target: str) -> list[str]:
@@ -899,8 +908,9 @@ def _retired(store: CorpusStore, target: str) -> list[str]:
 
 
 def _drop_retired(index: Index, store: CorpusStore) -> None:
-    """Delete collections a rebuild replaced. Done by the writer after the switch is
-    committed; a reader still on one reopens at its next question (the generation changed)."""
+    """Delete the collections earlier rebuilds replaced. Left until the next write, so a
+    question in flight in a reader when the switch was committed still finishes on the old
+    one (readers move to the new one at their next question)."""
     target = target_of(index.settings)
     names = _retired(store, target)
     if not names:
@@ -1052,8 +1062,11 @@ def ensure_index(settings: Settings | None = None, progress: bool = True) -> Ind
     another embedding model is refused with the fixing command, never rebuilt here."""
     settings = settings or get_settings()
     index = open_index(settings)
+    # no index at all, or a first build that never finished (recorded, never committed);
+    # an index from before the corpus record (no record) is used as it is
     first_build = not index.exists or (
-        index.corpus.active(target_of(settings)) is None and index.count() == 0
+        index.corpus.active(target_of(settings)) is None
+        and (index.corpus.exists() or index.count() == 0)
     )
     if first_build:
         papers = None if index.corpus.count() == 0 else []  # seeds, or the record as it is

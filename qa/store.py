@@ -23,13 +23,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from qa.config import Settings, get_settings
-from qa.corpus import Paper, content_key, normalize
+from qa.corpus import Paper, as_variant, normalize
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +58,17 @@ class WriterBusy(IndexUnavailable):
 
 
 def paper_to_dict(paper: Paper) -> dict:
-    """Every dataclass field of the paper (new fields included automatically); dates as ISO
-    strings (JSON), read back into dates by `Paper` itself."""
-    return {
-        k: v.isoformat() if isinstance(v, date) else v for k, v in dataclasses.asdict(paper).items()
-    }
+    """Every dataclass field of the paper (new fields included automatically)."""
+    return dataclasses.asdict(paper)
+
+
+def _json_value(value: object) -> object:
+    """Non-JSON field values: dates as ISO strings, sets and tuples as lists."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, set | frozenset | tuple):
+        return sorted(value) if isinstance(value, set | frozenset) else list(value)
+    raise TypeError(f"cannot record a {type(value).__name__} field value in the corpus record")
 
 
 def paper_from_dict(data: dict) -> Paper:
@@ -184,7 +189,10 @@ class CorpusStore:
             fix = "make it writable (or point QA_CORPUS_PATH at a writable copy) and run again"
         else:
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            fix = "run `qa papers` to check it"
+            fix = (
+                "move the file aside (keep it) and run `qa ingest`: it records the papers the "
+                "index holds again"
+            )
         return IndexUnavailable(f"cannot {what} {where}: {reason}; {fix}")
 
     # -- papers
@@ -274,12 +282,10 @@ class CorpusStore:
                     else:
                         report.unchanged.append(twin.key)
                     report.papers.append(twin)
-            if report.added or report.updated or report.replaced:
-                _bump(conn)
         return report
 
     def _put(self, conn: sqlite3.Connection, paper: Paper, origin: str, now: float, new: bool):
-        data = json.dumps(paper_to_dict(paper), ensure_ascii=False)
+        data = json.dumps(paper_to_dict(paper), ensure_ascii=False, default=_json_value)
         if new:
             conn.execute(
                 "INSERT INTO papers (key, arxiv_id, origin, data, added, updated) "
@@ -301,12 +307,10 @@ class CorpusStore:
             gone = [
                 k for k in keys if conn.execute("DELETE FROM papers WHERE key = ?", (k,)).rowcount
             ]
-            if gone:
-                _bump(conn)
         return gone
 
     def find(self, ids: Iterable[str]) -> dict[str, list[str]]:
-        """arXiv ID or key → the keys it names (an ID also names its kept-both variants)."""
+        """arXiv ID or key → the keys it names ([] when the record holds neither)."""
         held = {p.key: p for p in self.papers()}
         by_id: dict[str, list[str]] = {}
         for p in held.values():
@@ -317,7 +321,8 @@ class CorpusStore:
     # -- active collection and generation
 
     def generation(self) -> int:
-        """Bumped by every write: readers compare it to notice new data."""
+        """Bumped when a writer commits a new index state (never while it is still writing):
+        readers compare it to notice new papers or a switched collection."""
         if not self.exists():
             return 0
         with self._read() as conn:
@@ -383,19 +388,6 @@ def _merge(held: Paper, new: Paper) -> Paper:
         elif value not in (None, "", [], {}):
             merged[name] = value
     return paper_from_dict(merged)
-
-
-def as_variant(paper: Paper) -> Paper:
-    """Another version of an already-held arXiv ID, kept beside it under its content key.
-
-    Its ID is not claimed (two abstracts must not share one `[arXiv:ID]` citation); the
-    comment says which ID the file gave.
-    """
-    note = f"arXiv ID {paper.arxiv_id} given, but another abstract is held under it"
-    comment = f"{paper.comment}; {note}" if paper.comment else note
-    return dataclasses.replace(
-        paper, key=content_key(paper.abstract), arxiv_id=None, comment=comment
-    )
 
 
 # ---------------------------------------------------------------- opening, the lock
