@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -18,6 +18,8 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+from langchain_core.runnables import Runnable, RunnableGenerator
+from langchain_core.runnables.config import run_in_executor
 from langchain_core.utils.json import parse_partial_json
 
 from qa.citations import StreamGuard, marker_for_key, paper_keys, validate
@@ -361,3 +363,40 @@ def ask(
             final = event
     assert final is not None
     return final
+
+
+def _text_pieces(
+    inputs: dict | str, model: str | None, k: int | None, settings: Settings | None
+) -> Iterator[str]:
+    """What `qa.stream` shows, as text only (the final text if nothing was streamed)."""
+    if isinstance(inputs, str):
+        inputs = {"question": inputs}
+    shown = False
+    for event in stream(inputs["question"], inputs.get("history"), model, k=k, settings=settings):
+        if isinstance(event, str):
+            shown = shown or bool(event)
+            yield event
+        elif not shown:  # e.g. the "empty answer" notice
+            yield event.text
+
+
+def as_runnable(
+    model: str | None = None, *, k: int | None = None, settings: Settings | None = None
+) -> Runnable[dict, str]:
+    """The answer chain as a LangChain Runnable: `{"question", "history"}` → answer text.
+
+    `.stream()`/`.astream()` yield the validated pieces `qa.stream` yields (citations checked
+    before they are shown); `.invoke()` returns the whole text. `qa.ask` gives the `Answer`.
+    """
+
+    def answer(inputs: Iterator[dict | str]) -> Iterator[str]:
+        *_, last = inputs
+        yield from _text_pieces(last, model, k, settings)
+
+    async def aanswer(inputs: AsyncIterator[dict | str]) -> AsyncIterator[str]:
+        last = [value async for value in inputs][-1]
+        pieces, done = _text_pieces(last, model, k, settings), object()
+        while (piece := await run_in_executor(None, next, pieces, done)) is not done:
+            yield piece  # the chain is synchronous: each step runs in the executor
+
+    return RunnableGenerator(answer, aanswer, name="arxiv_qa_answer")
