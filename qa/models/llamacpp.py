@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
 )
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field
 
 from qa.config import Settings
 from qa.models.specs import ModelError, ModelSpec, emit
@@ -87,26 +89,48 @@ class LlamaCppChatModel(BaseChatModel):
     llama.cpp constrains the output with a grammar built from the schema.
     """
 
+    model_config = ConfigDict(populate_by_name=True)
+
     model_path: str
+    model_name: str | None = Field(
+        None, alias="model", description="Reported to tracers (default: the GGUF file's stem)."
+    )
     n_threads: int = 2
     n_ctx: int = 4096
     temperature: float = 0.0
     max_tokens: int = 512
+    stop: list[str] | None = None
 
     @property
     def _llm_type(self) -> str:
         return "llamacpp"
 
     @property
+    def name_for_tracing(self) -> str:
+        return self.model_name or Path(self.model_path).stem
+
+    @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_path": self.model_path, "n_ctx": self.n_ctx}
+        return {
+            "model_name": self.name_for_tracing,
+            "model_path": self.model_path,
+            "n_ctx": self.n_ctx,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """LangChain's standard tracing params (LangSmith etc. show which model answered)."""
+        params = super()._get_ls_params(stop=stop or self.stop, **kwargs)
+        params["ls_provider"] = "llamacpp"
+        if not isinstance(kwargs.get("model"), str):
+            params["ls_model_name"] = self.name_for_tracing
+        return params
 
     def _call_args(self, messages: list[BaseMessage], stop: list[str] | None, **kwargs: Any):
         args: dict[str, Any] = {
             "messages": _to_openai_messages(messages),
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
-            "stop": stop or [],
+            "stop": stop or self.stop or [],
         }
         if kwargs.get("response_format"):
             args["response_format"] = kwargs["response_format"]
@@ -123,7 +147,17 @@ class LlamaCppChatModel(BaseChatModel):
         with lock:
             out = llama.create_chat_completion(**self._call_args(messages, stop, **kwargs))
         text = out["choices"][0]["message"].get("content") or ""
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+        usage = out.get("usage") or {}
+        message = AIMessage(
+            content=text,
+            usage_metadata=UsageMetadata(
+                input_tokens=usage.get("prompt_tokens", 0),
+                output_tokens=usage.get("completion_tokens", 0),
+                total_tokens=usage.get("total_tokens", 0),
+            ),
+            response_metadata={"model_name": self.name_for_tracing},
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _stream(
         self,

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
     HumanMessage,
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field
 
 from qa.models.schema import bare, bound_schema
 from qa.models.specs import emit
@@ -313,8 +314,12 @@ class StubChatModel(BaseChatModel):
     with that JSON instead of text.
     """
 
+    model_config = ConfigDict(populate_by_name=True)
+
+    model_name: str = Field("stub", alias="model", description="Reported to tracers.")
     max_sentences: int = 4
     per_paper: int = 2
+    stop: list[str] | None = Field(None, description="Cut the reply at the first of these.")
 
     @property
     def _llm_type(self) -> str:
@@ -322,7 +327,23 @@ class StubChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"max_sentences": self.max_sentences, "per_paper": self.per_paper}
+        return {
+            "model_name": self.model_name,
+            "max_sentences": self.max_sentences,
+            "per_paper": self.per_paper,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """LangChain's standard tracing params (LangSmith etc. show which model answered)."""
+        params = super()._get_ls_params(stop=stop or self.stop, **kwargs)
+        params["ls_provider"] = "arxiv-qa"
+        return params
+
+    def _reply(self, messages: list[BaseMessage], stop: list[str] | None, **kwargs: Any) -> str:
+        """`respond`, cut before the first stop sequence (as a real model stops there)."""
+        text = self.respond(messages, **kwargs)
+        cuts = [text.find(s) for s in (stop or self.stop or []) if s and s in text]
+        return text[: min(cuts)] if cuts else text
 
     def respond(self, messages: list[BaseMessage], **kwargs: Any) -> str:
         """The full reply text for these messages (what `_generate` returns)."""
@@ -346,7 +367,7 @@ class StubChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        text = self.respond(messages, **kwargs)
+        text = self._reply(messages, stop, **kwargs)
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
 
     def _stream(
@@ -356,6 +377,6 @@ class StubChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        for piece in re.split(r"(?<=\s)(?=\S)", self.respond(messages, **kwargs)):
+        for piece in re.split(r"(?<=\s)(?=\S)", self._reply(messages, stop, **kwargs)):
             if piece:
                 yield emit(piece, run_manager)
