@@ -30,6 +30,8 @@ from qa.citations import render_markdown
 from qa.config import Settings, get_settings
 from qa.corpus import ARXIV_ID
 from qa.index import Index, IndexUnavailable, ensure_index, open_index
+from qa.mcp_tools import install as install_mcp_tools
+from qa.mcp_tools import with_mcp
 from qa.models import ModelError
 from qa.retrieval import Hit
 
@@ -443,6 +445,8 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
         new_chat.click(clear, outputs=[chatbot, question, sources], api_visibility="private")
         demo.load(status, outputs=[status_line], api_visibility="private")
         gr.api(ask, api_name="ask", concurrency_limit=limit, concurrency_id="answer")
+        if initial.mcp:  # QA_MCP: the agents' tools (qa/mcp_tools.py)
+            install_mcp_tools(demo, current)
     demo.queue(default_concurrency_limit=limit)
     return demo
 
@@ -459,14 +463,15 @@ def parse_auth(auth: object) -> tuple[str, str] | None:
 
 
 def launch_options(settings: Settings) -> dict:
-    """`demo.launch()` arguments from the settings (host, port, optional login)."""
-    return {
+    """`demo.launch()` arguments from the settings (host, port, optional login, MCP)."""
+    options = {
         "server_name": settings.host,
         "server_port": settings.port,
         "auth": parse_auth(settings.auth),
         "auth_message": "arxiv-qa: log in with the QA_AUTH credentials." if settings.auth else None,
         "show_error": False,
     }
+    return with_mcp(settings, options)
 
 
 demo = build_demo()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -122,6 +123,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from qa.config import PROJECT_ROOT
 
+    if args.mcp:  # before app.py builds its Blocks: the MCP tools are part of them
+        os.environ["QA_MCP"] = "true"
+        get_settings.cache_clear()
     spec = importlib.util.spec_from_file_location("app", PROJECT_ROOT / "app.py")
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
@@ -198,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="start the web UI")
     p.add_argument("--host", help="bind address (default: QA_HOST, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: QA_PORT, 7860)")
+    p.add_argument(
+        "--mcp", action="store_true", help="also serve MCP tools at /gradio_api/mcp/ (QA_MCP)"
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="retrieval and answer figures on the golden set")

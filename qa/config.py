@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     auth: SecretStr | None = Field(None, description="user:password to require a login.")
     concurrency_limit: int = Field(8, ge=1, description="Answers generated at once in the UI.")
 
+    # MCP: the app's tools for agents (issue 14)
+    mcp: bool = Field(
+        False, description="Also serve MCP tools at /gradio_api/mcp/ (`qa serve --mcp`)."
+    )
+    mcp_max_results: int = Field(20, ge=1, le=50, description="Most papers an MCP search returns.")
+
     @property
     def resolve_cache_path(self) -> Path:
         return self.resolve_cache or self.persist_dir / "resolved.tsv"
