@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import importlib.util
 import json
+import logging
 import re
 import threading
 from collections.abc import Callable
-from functools import cache
 from typing import Any
 
 import gradio as gr
@@ -29,12 +30,14 @@ from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from qa.chain import Answer, QuestionError, ask, clean_question
+from qa.chain import Answer, ask, clean_question
 from qa.citations import ARXIV_ID
 from qa.config import Settings
 from qa.index import IndexUnavailable
 from qa.retrieval import get_retriever, retrieve
 from qa.retriever import filter_names
+
+log = logging.getLogger(__name__)
 
 MCP_PATH = "/gradio_api/mcp"
 SNIPPET_CHARS = 600
@@ -162,9 +165,7 @@ def make_tools(current: Callable[[], Settings]) -> list[Callable[..., Any]]:
         filters = search_filters(
             settings, since=since, until=until, categories=categories, authors=authors
         )
-        hits = _guarded(
-            lambda: retrieve(question, _bounded_k(k, settings), settings=settings, **filters)
-        )
+        hits = retrieve(question, _bounded_k(k, settings), settings=settings, **filters)
         return _json([_paper_summary(hit) for hit in hits])
 
     def ask_question(question: str) -> str:
@@ -186,7 +187,7 @@ def make_tools(current: Callable[[], Settings]) -> list[Callable[..., Any]]:
                 "QA_CONCURRENCY_LIMIT); try again shortly."
             )
         try:
-            answer = _guarded(lambda: ask(text, settings=settings))
+            answer = ask(text, settings=settings)
         finally:
             _answer_slots(settings.concurrency_limit).release()
         return answer_text(answer)
@@ -203,12 +204,12 @@ def make_tools(current: Callable[[], Settings]) -> list[Callable[..., Any]]:
         """
         settings = current()
         key = paper_key(arxiv_id)
-        papers = _guarded(lambda: get_retriever(settings).index.papers([key]))
+        papers = get_retriever(settings).index.papers([key])
         if key not in papers:
             raise ToolError(f"no paper {key} in this index; search_papers finds papers by topic")
         return _json(papers[key].to_dict())
 
-    return [search_papers, ask_question, get_paper]
+    return [for_agents(tool) for tool in (search_papers, ask_question, get_paper)]
 
 
 def _json(value: Any) -> str:
@@ -217,23 +218,34 @@ def _json(value: Any) -> str:
 
 
 def _question(text: Any, settings: Settings) -> str:
-    try:
-        return clean_question(str(text or ""), settings)
-    except QuestionError as exc:
-        raise ToolError(str(exc)) from None
+    return clean_question(str(text or ""), settings)
 
 
-def _guarded(call: Callable[[], Any]) -> Any:
-    """Run a search/answer; an unreachable index becomes one line for the agent."""
-    try:
-        return call()
-    except QuestionError as exc:
-        raise ToolError(str(exc)) from None
-    except IndexUnavailable as exc:
-        raise ToolError(f"The paper index is unavailable: {exc}") from None
+def for_agents(tool: Callable[..., Any]) -> Callable[..., Any]:
+    """Every failure becomes one line for the agent. Ours pass as they are: ToolError, and
+    ValueError, the type of every input error we raise (QuestionError, a bad filter). Anything
+    else names only its type: its message could hold internal details (the log has them)."""
+
+    @functools.wraps(tool)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return tool(*args, **kwargs)
+        except ToolError:
+            raise
+        except IndexUnavailable as exc:
+            raise ToolError(f"The paper index is unavailable: {exc}") from None
+        except ValueError as exc:
+            raise ToolError(" ".join(str(exc).split())[:500]) from None
+        except Exception as exc:
+            log.exception("MCP tool %s failed", tool.__name__)
+            raise ToolError(
+                f"{tool.__name__} failed ({type(exc).__name__}); the details are in the server log"
+            ) from None
+
+    return run
 
 
-@cache
+@functools.cache
 def _answer_slots(limit: int) -> threading.BoundedSemaphore:
     """Answers generated at once through MCP (its tools bypass Gradio's queue; see install)."""
     return threading.BoundedSemaphore(limit)

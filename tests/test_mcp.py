@@ -193,6 +193,21 @@ def test_over_long_question_is_refused_naming_the_setting(mcp_url):
         assert "QA_MAX_QUESTION_CHARS" in text_of(result)
 
 
+def test_unexpected_failures_name_only_their_type(mcp_url, monkeypatch):
+    """An internal error's message may hold paths or URLs: the agent gets its type only."""
+    import qa.mcp_tools
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot open /srv/secret/chroma.sqlite3 for user:pw@db")
+
+    monkeypatch.setattr(qa.mcp_tools, "retrieve", broken)
+    result = call(mcp_url, "search_papers", {"query": "What is POMP?"})
+    assert result.isError
+    assert text_of(result) == (
+        "search_papers failed (RuntimeError); the details are in the server log"
+    )
+
+
 # ---------------------------------------------------------------- filters
 
 
