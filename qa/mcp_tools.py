@@ -33,14 +33,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from qa.chain import Answer, ask, clean_question
 from qa.citations import ARXIV_ID
 from qa.config import Settings
+from qa.corpus import Paper
 from qa.index import IndexUnavailable
-from qa.retrieval import get_retriever, retrieve
+from qa.retrieval import Hit, get_retriever, retrieve
 from qa.retriever import filter_names
 
 log = logging.getLogger(__name__)
 
 MCP_PATH = "/gradio_api/mcp"
 SNIPPET_CHARS = 600
+OPERATOR_FIELDS = frozenset({"sources"})  # the files a paper was ingested from
 _PAPER_ID = re.compile(
     rf"^(?:https?://arxiv\.org/(?:abs|pdf)/|arxiv:\s*|ref:\s*)?({ARXIV_ID}|h[0-9a-f]{{12}})"
     r"(?:v\d+)?(?:\.pdf)?$",
@@ -106,19 +108,19 @@ def paper_key(arxiv_id: Any) -> str:
 # ---------------------------------------------------------------- outputs
 
 
-def _paper_summary(hit: Any) -> dict[str, Any]:
-    paper = hit.paper
+def paper_record(paper: Paper) -> dict[str, Any]:
+    """What an agent may see of a paper: its record without the operator's file names."""
+    return {k: v for k, v in paper.to_dict().items() if k not in OPERATOR_FIELDS}
+
+
+def _paper_summary(hit: Hit) -> dict[str, Any]:
+    """A search result: the record without the abstract, plus the score and the snippet."""
     snippet = hit.snippet
     if len(snippet) > SNIPPET_CHARS:
         snippet = snippet[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " …"
-    return {
-        "arxiv_id": paper.arxiv_id,
-        "key": paper.key,
-        "title": paper.title,
-        "url": paper.url,
-        "score": round(hit.score, 4),
-        "snippet": snippet,
-    }
+    record = paper_record(hit.paper)
+    record.pop("abstract", None)
+    return {**record, "score": round(hit.score, 4), "snippet": snippet}
 
 
 def answer_text(answer: Answer) -> str:
@@ -207,7 +209,7 @@ def make_tools(current: Callable[[], Settings]) -> list[Callable[..., Any]]:
         papers = get_retriever(settings).index.papers([key])
         if key not in papers:
             raise ToolError(f"no paper {key} in this index; search_papers finds papers by topic")
-        return _json(papers[key].to_dict())
+        return _json(paper_record(papers[key]))
 
     return [for_agents(tool) for tool in (search_papers, ask_question, get_paper)]
 

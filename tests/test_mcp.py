@@ -142,6 +142,7 @@ def test_search_papers_returns_ids_titles_snippets(mcp_url):
     assert papers[0]["url"] == f"https://arxiv.org/abs/{POMP}"
     for paper in papers:
         assert paper["title"] and paper["snippet"] and 0 <= paper["score"] <= 1
+        assert "abstract" not in paper and "sources" not in paper  # no operator file names
 
 
 def test_search_k_is_capped_by_the_setting(mcp_url):
@@ -169,6 +170,7 @@ def test_get_paper_by_id_and_its_spellings(mcp_url):
     paper = json_of(call(mcp_url, "get_paper", {"arxiv_id": POMP}))
     assert paper["arxiv_id"] == POMP
     assert paper["title"] and len(paper["abstract"]) > 200
+    assert "sources" not in paper
     again = json_of(call(mcp_url, "get_paper", {"arxiv_id": f"https://arxiv.org/abs/{POMP}v2"}))
     assert again == paper
 
