@@ -311,3 +311,35 @@ def test_qa_serve_has_the_mcp_flag():
 
     assert build_parser().parse_args(["serve", "--mcp"]).mcp is True
     assert build_parser().parse_args(["serve"]).mcp is False
+
+
+# ---------------------------------------------------------------- launch options
+
+
+def test_with_mcp_keeps_other_middleware_and_adds_the_login_check():
+    from starlette.middleware import Middleware
+
+    from qa.mcp_tools import McpAuth, with_mcp
+
+    base = {"auth": ("ann", "pw"), "app_kwargs": {"middleware": [Middleware(dict)]}}
+    assert with_mcp(Settings(), base) is base  # QA_MCP off: untouched
+    options = with_mcp(Settings(mcp=True), base)
+    assert options["mcp_server"] is True
+    kinds = [m.cls for m in options["app_kwargs"]["middleware"]]
+    assert kinds == [dict, McpAuth]
+    assert len(base["app_kwargs"]["middleware"]) == 1  # the caller's options are not mutated
+    open_options = with_mcp(Settings(mcp=True), {"auth": None})
+    assert "app_kwargs" not in open_options  # no login, no check
+
+
+def test_qa_mcp_without_the_extra_is_one_line_naming_the_fix(monkeypatch):
+    import importlib.util
+
+    from qa.mcp_tools import with_mcp
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mcp" else real(name, *a)
+    )
+    with pytest.raises(ValueError, match=r"QA_MCP=true .* pip install 'arxiv-qa\[mcp\]'"):
+        with_mcp(Settings(mcp=True), {})
