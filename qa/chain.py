@@ -31,7 +31,8 @@ from qa.models import (
     parse_spec,
     supports_structured,
 )
-from qa.retrieval import Hit, is_relevant, retrieve
+from qa.relevance import is_relevant
+from qa.retrieval import Hit, retrieve
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ def stream(
     hits = retrieve(search, k or settings.k, settings=settings)
     answer.sources = hits
 
-    if not is_relevant(hits, settings):
+    if not is_relevant(standalone, hits, settings):
         answer.text, answer.abstained = abstention_text(hits), True
         yield from _whole(answer)
         return

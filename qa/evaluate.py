@@ -14,10 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qa.chain import ask, is_chitchat, normalize_history, search_query
+import numpy as np
+from bm25s.stopwords import STOPWORDS_EN
+
+from qa import relevance as gate
+from qa.chain import ask, normalize_history, search_query
 from qa.config import PROJECT_ROOT, Settings, get_settings
 from qa.models import get_chat_model
-from qa.retrieval import Hit, Mode, relevance, retrieve
+from qa.retrieval import Hit, Mode, retrieve
 
 GOLDEN = PROJECT_ROOT / "evals" / "golden.jsonl"
 SINGLE = ("paraphrase", "method", "fact", "followup")
@@ -33,6 +37,8 @@ class Case:
     gold: list[str]
     history: list[dict] = field(default_factory=list)
     fact: str | None = None
+    wording: str = "plain"  # how the question is phrased: plain, polite or terse
+    split: str = "tune"  # "heldout" rows are never used to fit or choose anything
 
 
 def load_golden(path: Path = GOLDEN) -> list[Case]:
@@ -80,34 +86,102 @@ def retrieval_metrics(
     }
 
 
-def abstention_scores(cases: list[Case], settings: Settings) -> list[tuple[float, bool]]:
-    """(best relevance, should abstain) per case; chit-chat is answered without retrieval."""
-    scored = []
-    for case in cases:
-        if case.type == "chitchat" and is_chitchat(case.question):
-            scored.append((-1.0, True))
-            continue
-        hits = retrieve(_search_text(case, settings), settings.k, settings=settings)
-        best = 2.0 if hits and hits[0].pinned else max((relevance(h) for h in hits), default=0)
-        scored.append((best, case.type in ABSTAIN))
-    return scored
+WORDINGS = ("plain", "polite", "terse")
+_POLITE = (
+    "Hi! I'm new to this field, could you please help me understand: {q}",
+    "Could you please explain to me in simple terms: {q}",
+    "Hello there, can you tell me {q} Thanks!",
+    "I'd like to know more about this: {q} Please explain briefly.",
+)
+_TERSE_SKIP = frozenset(STOPWORDS_EN) | {"what", "which", "how", "why", "does", "do", "did"}
 
 
-def precision_recall(scored: list[tuple[float, bool]], threshold: float) -> tuple[float, float]:
-    predicted = [(s < threshold, truth) for s, truth in scored]
-    tp = sum(p and t for p, t in predicted)
-    return tp / max(sum(p for p, _ in predicted), 1), tp / max(sum(t for _, t in predicted), 1)
+def reword(question: str, wording: str, seed: int = 0) -> str:
+    """The same question asked politely (greeting and request frame) or tersely (keywords)."""
+    if wording == "polite":
+        return _POLITE[seed % len(_POLITE)].format(q=question[:1].lower() + question[1:])
+    if wording == "terse":
+        words = [w.strip("?,.!;:()\"'") for w in question.split()]
+        return " ".join(w for w in words if w and w.lower() not in _TERSE_SKIP)
+    return question
 
 
-def best_threshold(scored: list[tuple[float, bool]]) -> float:
-    """The threshold with the best F1 for abstention (ties: the lower, answering more)."""
-    candidates = sorted({round(s, 3) for s, _ in scored if s >= 0})
+@dataclass
+class GateSet:
+    """Feature rows for the relevance gate: one per (question, wording)."""
 
-    def f1(t: float) -> float:
-        p, r = precision_recall(scored, t)
-        return 2 * p * r / (p + r) if p + r else 0.0
+    rows: np.ndarray
+    labels: np.ndarray  # 1 = answerable, 0 = off-corpus
+    groups: list[str]  # the case id (all wordings of a question share a fold)
+    wordings: list[str]
+    heldout: np.ndarray
 
-    return max(candidates, key=lambda t: (f1(t), -t), default=0.35)
+
+def gate_set(cases: list[Case], settings: Settings) -> GateSet:
+    """Every answerable or off-corpus question in each wording (follow-ups pin their paper
+    and chit-chat never reaches retrieval, so neither is the gate's to decide)."""
+    rows, labels, groups, wordings, heldout = [], [], [], [], []
+    for i, case in enumerate(c for c in cases if c.type not in ("followup", "chitchat")):
+        variants = WORDINGS if case.wording == "plain" else (case.wording,)
+        for wording in variants:
+            question = case.question
+            if case.wording == "plain":
+                question = reword(question, wording, i)
+            hits = retrieve(question, settings.k, settings=settings)
+            rows.append(gate.features(question, hits, gate.corpus_idf(settings)))
+            labels.append(0 if case.type == "offcorpus" else 1)
+            groups.append(case.id)
+            wordings.append(wording)
+            heldout.append(case.split == "heldout")
+    return GateSet(np.array(rows), np.array(labels), groups, wordings, np.array(heldout))
+
+
+def calibrate(cases: list[Case], settings: Settings, path: Path | None = None) -> dict:
+    """Fit the gate on the tuning rows; pick the operating point on cross-validated
+    predictions; save it. Held-out rows are not touched."""
+    data = gate_set(cases, settings)
+    tune = ~data.heldout
+    rows, labels = data.rows[tune], data.labels[tune]
+    groups = [g for g, t in zip(data.groups, tune, strict=True) if t]
+    oof = gate.out_of_fold(rows, labels, groups)
+    model = gate.fit(rows, labels)
+    model.threshold = gate.operating_point(oof, labels)
+    wordings = np.array(data.wordings)[tune]
+    model.meta = {
+        "fitted_on": int(tune.sum()),
+        "cross_validated": _by_wording(oof, labels, wordings, model.threshold),
+    }
+    model.save(path or settings.relevance_model)
+    return {"threshold": model.threshold, **model.meta}
+
+
+def _by_wording(
+    probs: np.ndarray, labels: np.ndarray, wordings: np.ndarray, cut: float
+) -> dict[str, dict[str, float]]:
+    out = {}
+    for wording in WORDINGS:
+        sel = wordings == wording
+        if sel.any():
+            out[wording] = {
+                "ROC AUC": gate.roc_auc(probs[sel], labels[sel]),
+                **gate.rates(probs[sel], labels[sel], cut),
+                "n": float(sel.sum()),
+            }
+    return out
+
+
+def gate_metrics(cases: list[Case], settings: Settings) -> dict[str, dict[str, float]]:
+    """The saved gate on the held-out rows and (in-sample) on the tuning rows, per wording."""
+    data = gate_set(cases, settings)
+    model = gate.load_model(settings.relevance_model)
+    probs = model.probability(data.rows) if len(data.rows) else np.zeros(0)
+    cut = gate.threshold(settings)
+    wordings = np.array(data.wordings)
+    out = {}
+    for name, sel in (("held-out", data.heldout), ("tuning", ~data.heldout)):
+        for wording, row in _by_wording(probs[sel], data.labels[sel], wordings[sel], cut).items():
+            out[f"{name} {wording}"] = row
+    return out
 
 
 def answer_metrics(cases: list[Case], settings: Settings, model: str) -> dict[str, float]:
@@ -154,6 +228,7 @@ def run_eval(
     answers: bool = False,
     model: str = "stub",
     sweep: bool = False,
+    calibrate_gate: bool = False,
     golden: Path = GOLDEN,
     echo: Callable[[str], None] = print,
 ) -> dict:
@@ -173,19 +248,15 @@ def run_eval(
                 )
     echo("\nretrieval (single-paper R@k/MRR, multi-paper recall@10)")
     echo(_table(results["retrieval"]))
-    scored = abstention_scores(cases, settings)
-    p, r = precision_recall(scored, settings.abstain_threshold)
-    results["abstention"] = {
-        "threshold": settings.abstain_threshold,
-        "precision": p,
-        "recall": r,
-        "best_f1_threshold": best_threshold(scored),
-    }
-    echo(
-        f"\nabstention at threshold {settings.abstain_threshold:.3f}: precision {p:.3f}, "
-        f"recall {r:.3f} (best-F1 threshold on this set: "
-        f"{results['abstention']['best_f1_threshold']:.3f})"
-    )
+    if calibrate_gate:
+        fitted = calibrate(cases, settings)
+        results["calibration"] = fitted
+        echo(f"\nrelevance gate refitted → {settings.relevance_model}")
+        echo(f"cross-validated on {fitted['fitted_on']} tuning rows (5 folds by question):")
+        echo(_table({f"cv {w}": v for w, v in fitted["cross_validated"].items()}))
+    results["gate"] = gate_metrics(cases, settings)
+    echo(f"\nrelevance gate at {gate.threshold(settings):.3f} (abstains below)")
+    echo(_table(results["gate"]))
     if answers:
         results["answers"] = answer_metrics(cases, settings, model)
         echo(f"\nanswers ({model})")

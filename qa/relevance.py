@@ -1,0 +1,242 @@
+"""Answer or abstain: a small logistic model over features of both retrieval channels.
+
+A fixed line on `0.5·cosine + 0.5·coverage` refused short acronym questions ("What is ATSS?":
+low cosine) and polite ones (filler lowers coverage), and answered off-corpus questions that
+share half their words with some paper. The features here look at *which* words matched: the
+question's rare words and named methods (acronyms) either appear in a retrieved paper or not.
+The weights are fitted to the golden set by `qa eval --calibrate` (numpy Newton steps on an
+L2-penalised logistic loss: scikit-learn is not a dependency and this is 30 lines) and kept in
+`qa/relevance.json`; the operating point is chosen on cross-validated, held-out predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from qa.config import PROJECT_ROOT, Settings, get_settings
+from qa.retrieval import Hit, get_retriever, stems
+from qa.wording import normalize_question
+
+MODEL_PATH = PROJECT_ROOT / "qa" / "relevance.json"
+FEATURES = (
+    "cosine",  # best dense similarity among the hits
+    "coverage",  # best IDF-weighted share of the question's words in one chunk
+    "rare_found",  # best share of the question's rare words found in one paper
+    "rare_missing",  # rarity of the rarest question word that paper lacks (0..1)
+    "unseen",  # share of the question's words the corpus never uses
+    "title",  # best share of the question's words in one title
+    "acronym_found",  # share of named methods (ATSS, Kosmos-2) found in a top paper
+    "acronym_missing",  # share of named methods found in none
+    "missing",  # how many of the question's less common words the best paper lacks
+    "margin",  # fused-score gap between the first and second paper
+    "terms",  # log(1 + number of content words)
+)
+TOP = 3  # papers whose text is read for the word features
+RARE = 0.5  # a word is rare when its idf is at least this share of the largest idf
+UNCOMMON = 0.3  # ... and less common (counted by `missing`) from this share
+L2 = 10.0  # ridge penalty: ~250 rows, correlated features
+MAX_FALSE_ABSTENTION = 0.015  # the operating point, on cross-validated answerable questions
+_ACRONYM = re.compile(
+    r"(?<![\w-])(?:[A-Za-z]*[A-Z][A-Za-z]*[A-Z0-9][\w-]*|[A-Za-z]+-\d[\w-]*|[A-Z]\d\w*)(?![\w-])"
+)
+
+
+@dataclass
+class RelevanceModel:
+    """Standardised features → logistic probability that the hits answer the question."""
+
+    features: list[str]
+    mean: list[float]
+    scale: list[float]
+    weights: list[float]
+    bias: float
+    threshold: float
+    meta: dict = field(default_factory=dict)
+
+    def probability(self, rows: np.ndarray) -> np.ndarray:
+        z = (np.atleast_2d(rows) - np.asarray(self.mean)) / np.asarray(self.scale)
+        return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.weights) + self.bias)))
+
+    def save(self, path: Path = MODEL_PATH) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")
+        load_model.cache_clear()
+
+
+@lru_cache(maxsize=4)
+def load_model(path: Path = MODEL_PATH) -> RelevanceModel:
+    """The fitted model (`qa eval --calibrate` writes it)."""
+    model = RelevanceModel(**json.loads(path.read_text(encoding="utf-8")))
+    if tuple(model.features) != FEATURES:
+        raise ValueError(f"{path} was fitted on other features; run `qa eval --calibrate`.")
+    return model
+
+
+# ---------------------------------------------------------------- features
+
+
+def acronyms(question: str) -> list[str]:
+    """Named methods and models: words with inner capitals or digits (ATSS, Kosmos-2, DyLoRA)."""
+    words = [w.rstrip("-") for w in _ACRONYM.findall(question)]
+    return list(dict.fromkeys(w for w in words if len(w) > 1))
+
+
+def _paper_text(hit: Hit) -> str:
+    return f"{hit.paper.title}\n{hit.paper.abstract}"
+
+
+def _share(weight: dict[str, float], found: set[str]) -> float:
+    total = sum(weight.values())
+    return sum(w for s, w in weight.items() if s in found) / total if total else 1.0
+
+
+def features(question: str, hits: list[Hit], idf: dict[str, float]) -> np.ndarray:
+    """The FEATURES of one question and its hits (see the tuple for what each measures)."""
+    text = normalize_question(question)
+    words = set(stems(text))
+    top = max(idf.values(), default=1.0) or 1.0
+    weight = {w: idf.get(w, top) for w in words}
+    rare = {w: v for w, v in weight.items() if v >= RARE * top}
+    papers = [set(stems(_paper_text(h))) for h in hits[:TOP]]
+    titles = [set(stems(h.paper.title)) for h in hits[:TOP]]
+    rare_found, rare_missing = 1.0, 0.0
+    if rare and papers:
+        best = max(papers, key=lambda found: _share(rare, found))
+        rare_found = _share(rare, best)
+        rare_missing = max((v / top for w, v in rare.items() if w not in best), default=0.0)
+    uncommon = [w for w, v in weight.items() if v >= UNCOMMON * top]
+    closest = max(papers, key=lambda found: _share(weight, found), default=set())
+    named = acronyms(text)
+    lowered = [_paper_text(h).lower() for h in hits[:TOP]]
+    found = [a for a in named if any(_has_word(t, a.lower()) for t in lowered)]
+    scores = [h.score for h in hits]
+    row = {
+        "cosine": max((h.dense for h in hits), default=0.0),
+        "coverage": max((h.coverage for h in hits), default=0.0),
+        "rare_found": rare_found if papers else 0.0,
+        "rare_missing": rare_missing if papers else 1.0,
+        "unseen": sum(w not in idf for w in words) / len(words) if words else 0.0,
+        "title": max((_share(weight, t) for t in titles), default=0.0) if words else 0.0,
+        "acronym_found": len(found) / len(named) if named else 0.0,
+        "acronym_missing": (len(named) - len(found)) / len(named) if named else 0.0,
+        "missing": float(sum(w not in closest for w in uncommon)),
+        "margin": scores[0] - scores[1] if len(scores) > 1 else (scores[0] if scores else 0.0),
+        "terms": math.log1p(len(words)),
+    }
+    return np.array([row[name] for name in FEATURES], dtype=float)
+
+
+def _has_word(text: str, word: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text) is not None
+
+
+def corpus_idf(settings: Settings) -> dict[str, float]:
+    """Stem → idf of the keyword index the hits came from (refreshed like a search would)."""
+    retriever = get_retriever(settings)
+    with retriever.lock:
+        retriever.keyword_index.refresh(retriever.index)
+        return retriever.keyword_index.idf
+
+
+# ---------------------------------------------------------------- the gate
+
+
+def relevance(question: str, hits: list[Hit], settings: Settings | None = None) -> float:
+    """Probability that the hits answer the question (1.0 when a named paper was found)."""
+    settings = settings or get_settings()
+    if not hits:
+        return 0.0
+    if hits[0].pinned:
+        return 1.0
+    model = load_model(settings.relevance_model)
+    return float(model.probability(features(question, hits, corpus_idf(settings)))[0])
+
+
+def threshold(settings: Settings) -> float:
+    """`QA_ABSTAIN_THRESHOLD` if set, else the fitted operating point."""
+    if settings.abstain_threshold is not None:
+        return settings.abstain_threshold
+    return load_model(settings.relevance_model).threshold
+
+
+def is_relevant(question: str, hits: list[Hit], settings: Settings | None = None) -> bool:
+    """Answer (True) or abstain (False)."""
+    settings = settings or get_settings()
+    return relevance(question, hits, settings) >= threshold(settings)
+
+
+# ---------------------------------------------------------------- fitting
+
+
+def fit(rows: np.ndarray, labels: np.ndarray, l2: float = L2) -> RelevanceModel:
+    """L2-penalised logistic regression by Newton's method on standardised features."""
+    mean = rows.mean(axis=0)
+    scale = rows.std(axis=0)
+    scale[scale == 0] = 1.0
+    x = np.hstack([(rows - mean) / scale, np.ones((len(rows), 1))])
+    w = np.zeros(x.shape[1])
+    penalty = np.full(x.shape[1], l2)
+    penalty[-1] = 0.0  # the bias is not shrunk
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-(x @ w)))
+        grad = x.T @ (p - labels) + penalty * w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + np.diag(penalty)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return RelevanceModel(
+        list(FEATURES), mean.tolist(), scale.tolist(), w[:-1].tolist(), float(w[-1]), 0.5
+    )
+
+
+def out_of_fold(
+    rows: np.ndarray, labels: np.ndarray, groups: list[str], folds: int = 5
+) -> np.ndarray:
+    """Cross-validated probabilities: each question (all its wordings) is predicted by a model
+    fitted without it."""
+    names = sorted(set(groups))
+    fold_of = {g: i % folds for i, g in enumerate(names)}
+    fold = np.array([fold_of[g] for g in groups])
+    probs = np.zeros(len(rows))
+    for f in range(folds):
+        test = fold == f
+        if test.any() and (~test).any():
+            probs[test] = fit(rows[~test], labels[~test]).probability(rows[test])
+    return probs
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Probability that a random positive outscores a random negative (ties count half)."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def operating_point(
+    probs: np.ndarray, labels: np.ndarray, max_false: float = MAX_FALSE_ABSTENTION
+) -> float:
+    """The highest threshold that abstains on at most `max_false` of the answerable questions
+    (abstaining wrongly costs a user more than an extra answer that cites its sources)."""
+    answerable = np.sort(probs[labels == 1])
+    if not len(answerable):
+        return 0.5
+    allowed = math.floor(max_false * len(answerable))
+    return float(answerable[allowed]) - 1e-6
+
+
+def rates(probs: np.ndarray, labels: np.ndarray, cut: float) -> dict[str, float]:
+    """False abstentions (answerable refused) and abstentions on off-corpus questions."""
+    abstain = probs < cut
+    return {
+        "false abstention": float(abstain[labels == 1].mean()) if (labels == 1).any() else 0.0,
+        "off-corpus abstained": float(abstain[labels == 0].mean()) if (labels == 0).any() else 0.0,
+    }
