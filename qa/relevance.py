@@ -32,17 +32,17 @@ FEATURES = (
     "rare_missing",  # rarity of the rarest question word that paper lacks (0..1)
     "unseen",  # share of the question's words the corpus never uses
     "title",  # best share of the question's words in one title
-    "acronym_found",  # share of named methods (ATSS, Kosmos-2) found in a top paper
-    "acronym_missing",  # share of named methods found in none
+    "acronym_found",  # rarity of the rarest named method (ATSS, Kosmos-2) a top paper has
+    "acronym_missing",  # rarity of the rarest named method no top paper has
     "missing",  # how many of the question's less common words the best paper lacks
     "margin",  # fused-score gap between the first and second paper
-    "terms",  # log(1 + number of content words)
 )
 TOP = 3  # papers whose text is read for the word features
 RARE = 0.5  # a word is rare when its idf is at least this share of the largest idf
 UNCOMMON = 0.3  # ... and less common (counted by `missing`) from this share
 L2 = 10.0  # ridge penalty: ~250 rows, correlated features
 MAX_FALSE_ABSTENTION = 0.015  # the operating point, on cross-validated answerable questions
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 _ACRONYM = re.compile(
     r"(?<![\w-])(?:[A-Za-z]*[A-Z][A-Za-z]*[A-Z0-9][\w-]*|[A-Za-z]+-\d[\w-]*|[A-Z]\d\w*)(?![\w-])"
 )
@@ -99,7 +99,7 @@ def _share(weight: dict[str, float], found: set[str]) -> float:
 def features(question: str, hits: list[Hit], idf: dict[str, float]) -> np.ndarray:
     """The FEATURES of one question and its hits (see the tuple for what each measures)."""
     text = normalize_question(question)
-    words = set(stems(text))
+    words = {w for w in stems(text) if not _UNSPACED.search(w)}  # CJK: never in the index
     top = max(idf.values(), default=1.0) or 1.0
     weight = {w: idf.get(w, top) for w in words}
     rare = {w: v for w, v in weight.items() if v >= RARE * top}
@@ -115,6 +115,7 @@ def features(question: str, hits: list[Hit], idf: dict[str, float]) -> np.ndarra
     named = acronyms(text)
     lowered = [_paper_text(h).lower() for h in hits[:TOP]]
     found = [a for a in named if any(_has_word(t, a.lower()) for t in lowered)]
+    rarity = {a: _rarity(a, idf, top) for a in named}  # "ATSS" says more than "LLM"
     scores = [h.score for h in hits]
     row = {
         "cosine": max((h.dense for h in hits), default=0.0),
@@ -123,13 +124,18 @@ def features(question: str, hits: list[Hit], idf: dict[str, float]) -> np.ndarra
         "rare_missing": rare_missing if papers else 1.0,
         "unseen": sum(w not in idf for w in words) / len(words) if words else 0.0,
         "title": max((_share(weight, t) for t in titles), default=0.0) if words else 0.0,
-        "acronym_found": len(found) / len(named) if named else 0.0,
-        "acronym_missing": (len(named) - len(found)) / len(named) if named else 0.0,
+        "acronym_found": max((rarity[a] for a in found), default=0.0),
+        "acronym_missing": max((rarity[a] for a in named if a not in found), default=0.0),
         "missing": float(sum(w not in closest for w in uncommon)),
         "margin": scores[0] - scores[1] if len(scores) > 1 else (scores[0] if scores else 0.0),
-        "terms": math.log1p(len(words)),
     }
     return np.array([row[name] for name in FEATURES], dtype=float)
+
+
+def _rarity(word: str, idf: dict[str, float], top: float) -> float:
+    """0..1: how rare a named method's words are in the corpus (unseen: 1)."""
+    parts = stems(word)
+    return max((idf.get(s, top) / top for s in parts), default=0.0)
 
 
 def _has_word(text: str, word: str) -> bool:

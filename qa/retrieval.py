@@ -74,11 +74,16 @@ class Hit:
 
 
 _WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s' token pattern
-_STOPWORDS = frozenset(STOPWORDS_EN)
+# bm25s' list plus the words questions are framed with: "what"/"how" are rare in abstracts,
+# so they weighed as much as a method name in BM25 and in how much of a question a paper covers.
+_QUESTION_WORDS = "what which how why who whom whose when where does did do can could would me"
+_STOPWORDS = frozenset(STOPWORDS_EN) | frozenset(_QUESTION_WORDS.split())
 _STEMMERS = threading.local()  # PyStemmer objects are not thread-safe
 
 
-TOKENIZER = "t2"  # part of the saved keyword index's name: a new tokeniser rebuilds it
+# In the saved keyword index's name, so a new tokeniser rebuilds it (t2: scripts split,
+# question words dropped).
+TOKENIZER = "t2"
 
 
 def stems(text: str) -> list[str]:
