@@ -32,6 +32,7 @@ from qa.corpus import ARXIV_ID
 from qa.index import Index, IndexUnavailable, ensure_index, open_index
 from qa.models import ModelError
 from qa.retrieval import Hit
+from qa.support import mark_weak
 
 log = logging.getLogger("arxiv_qa.app")
 
@@ -244,7 +245,7 @@ def answer_events(
         for event in stream(message, history, spec, k=k, settings=settings):
             if isinstance(event, Answer):  # redact: a server URL in an error may hold a login
                 event.text = redact(event.text)
-                yield event.text, event
+                yield mark_weak(event.text, event.support), event
                 return
             text += event
             yield redact(text), None

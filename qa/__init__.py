@@ -1,6 +1,7 @@
 """arxiv-qa: question answering over arXiv abstracts with validated arXiv-ID citations.
 
-The public API (see README): `load_corpus`, `build_index`, `retrieve`, `ask`, `stream`.
+The public API (see README): `load_corpus`, `build_index`, `retrieve`, `ask`, `stream`,
+`check_support`.
 Imports are lazy so `import qa` stays fast and `qa --help` does not load Chroma or ONNX.
 """
 
@@ -19,6 +20,7 @@ _EXPORTS = {
     "Answer": "qa.chain",
     "ask": "qa.chain",
     "stream": "qa.chain",
+    "check_support": "qa.support",
     "Settings": "qa.config",
     "get_settings": "qa.config",
 }

@@ -33,6 +33,7 @@ from qa.models import (
 )
 from qa.relevance import is_relevant
 from qa.retrieval import Hit, retrieve
+from qa.support import SentenceSupport, check_support
 from qa.wording import refers_back
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Answer:
     model: str = ""
     dropped_citations: list[str] = field(default_factory=list)
     error: str | None = None
+    support: list[SentenceSupport] = field(default_factory=list)  # per sentence, see qa.support
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +78,7 @@ class Answer:
             "sources": [h.to_dict() for h in self.sources],
             "dropped_citations": self.dropped_citations,
             "error": self.error,
+            "support": [s.to_dict() for s in self.support],
         }
 
 
@@ -346,6 +349,7 @@ def stream(
     answer.dropped_citations = validate(raw, context).dropped if raw else checked.dropped
     if not answer.text.strip():
         answer.text = "The model returned an empty answer."
+    answer.support = check_support(answer.text, context)
     yield answer
 
 

@@ -22,6 +22,7 @@ from qa.chain import ask, normalize_history, search_query
 from qa.config import PROJECT_ROOT, Settings, get_settings
 from qa.models import get_chat_model
 from qa.retrieval import Hit, Mode, retrieve
+from qa.support import check_support, split_sentences
 
 GOLDEN = PROJECT_ROOT / "evals" / "golden.jsonl"
 SINGLE = ("paraphrase", "method", "fact", "followup")
@@ -184,6 +185,42 @@ def gate_metrics(cases: list[Case], settings: Settings) -> dict[str, dict[str, f
     return out
 
 
+def support_metrics(settings: Settings, papers: int = 60) -> dict[str, float]:
+    """Abstract sentences cited right vs. the same sentences citing the nearest other paper
+    (the hardest swap: same topic, shared words). Detection = swaps flagged; false flags =
+    right citations flagged. Papers are spread evenly over the index."""
+    index = gate.get_retriever(settings).index
+    keys = _all_keys(settings)
+    step = max(len(keys) // papers, 1)
+    right = swapped = flagged_right = flagged_swap = 0
+    for key in keys[::step][:papers]:
+        paper = index.papers([key])[key]
+        for sentence in [s for s in split_sentences(paper.abstract) if len(s.split()) >= 8][:2]:
+            hits = retrieve(sentence, 3, settings=settings)
+            other = next((h.paper for h in hits if h.paper.key != key), None)
+            if other is None:
+                continue
+            context = [paper, other]
+            ok = check_support(f"{sentence} {paper.marker}", context)
+            bad = check_support(f"{sentence} {other.marker}", context)
+            right += 1
+            swapped += 1
+            flagged_right += any(s.supported is False for s in ok)
+            flagged_swap += any(s.supported is False for s in bad)
+    return {
+        "swapped citations detected": flagged_swap / max(swapped, 1),
+        "right citations flagged": flagged_right / max(right, 1),
+        "sentences": float(right),
+    }
+
+
+def _all_keys(settings: Settings) -> list[str]:
+    """Every paper key in the index (from its chunk ids)."""
+    index = gate.get_retriever(settings).index
+    got = index.call(index.collection.get, include=[])
+    return sorted({cid.rsplit("#", 1)[0] for cid in got["ids"]})
+
+
 def answer_metrics(cases: list[Case], settings: Settings, model: str) -> dict[str, float]:
     """Run the whole chain: gold cited, facts present, abstention, dropped citations."""
     cited_gold, answerable, facts, fact_hits, dropped = 0, 0, 0, 0, 0
@@ -257,6 +294,9 @@ def run_eval(
     results["gate"] = gate_metrics(cases, settings)
     echo(f"\nrelevance gate at {gate.threshold(settings):.3f} (abstains below)")
     echo(_table(results["gate"]))
+    results["support"] = support_metrics(settings)
+    echo("\nsupport check (abstract sentences; swaps cite the nearest other paper)")
+    echo(_table({"support": results["support"]}))
     if answers:
         results["answers"] = answer_metrics(cases, settings, model)
         echo(f"\nanswers ({model})")
