@@ -22,12 +22,12 @@ import numpy as np
 
 from qa.config import PROJECT_ROOT, Settings, get_settings
 from qa.retrieval import Hit, get_retriever, stems
-from qa.wording import normalize_question
+from qa.wording import normalize_question, synonym_table
 
 MODEL_PATH = PROJECT_ROOT / "qa" / "relevance.json"
 FEATURES = (
     "cosine",  # best dense similarity among the hits
-    "coverage",  # best IDF-weighted share of the question's words in one chunk
+    "coverage",  # best IDF-weighted share of the question's words in one chunk (title + text)
     "rare_found",  # best share of the question's rare words found in one paper
     "rare_missing",  # rarity of the rarest question word that paper lacks (0..1)
     "unseen",  # share of the question's words the corpus never uses
@@ -41,7 +41,10 @@ TOP = 3  # papers whose text is read for the word features
 RARE = 0.5  # a word is rare when its idf is at least this share of the largest idf
 UNCOMMON = 0.3  # ... and less common (counted by `missing`) from this share
 L2 = 10.0  # ridge penalty: ~250 rows, correlated features
-MAX_FALSE_ABSTENTION = 0.015  # the operating point, on cross-validated answerable questions
+MAX_FALSE_ABSTENTION = 0.01  # the operating point, on cross-validated answerable questions
+# The words questions are framed with: rare in abstracts, so as an idf-weighted word "what"
+# would weigh as much as a method name. Not part of a question's content here.
+QUESTION_WORDS = "what which how why who whom whose when where does did do can could would me"
 _UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 _ACRONYM = re.compile(
     r"(?<![\w-])(?:[A-Za-z]*[A-Z][A-Za-z]*[A-Z0-9][\w-]*|[A-Za-z]+-\d[\w-]*|[A-Z]\d\w*)(?![\w-])"
@@ -91,6 +94,30 @@ def _paper_text(hit: Hit) -> str:
     return f"{hit.paper.title}\n{hit.paper.abstract}"
 
 
+def _chunk_text(hit: Hit) -> str:
+    """The best-matching chunk as the index holds it (title prepended)."""
+    return f"{hit.paper.title}\n{hit.snippet}"
+
+
+@lru_cache(maxsize=1)
+def _synonyms() -> dict[str, str]:
+    return synonym_table(lambda words: [s for w in words for s in stems(w)[:1]])
+
+
+def _words(text: str) -> list[str]:
+    """Index tokens with synonyms folded ("choose" and "select" are one word here)."""
+    table = _synonyms()
+    return [table.get(s, s) for s in stems(text)]
+
+
+def _idf(word: str, idf: dict[str, float], top: float) -> float:
+    """A folded synonym takes the idf of its most common member (it is that common)."""
+    if word in idf:
+        return idf[word]
+    members = [s for s, c in _synonyms().items() if c == word and s in idf]
+    return min((idf[s] for s in members), default=top)
+
+
 def _share(weight: dict[str, float], found: set[str]) -> float:
     total = sum(weight.values())
     return sum(w for s, w in weight.items() if s in found) / total if total else 1.0
@@ -99,12 +126,13 @@ def _share(weight: dict[str, float], found: set[str]) -> float:
 def features(question: str, hits: list[Hit], idf: dict[str, float]) -> np.ndarray:
     """The FEATURES of one question and its hits (see the tuple for what each measures)."""
     text = normalize_question(question)
-    words = {w for w in stems(text) if not _UNSPACED.search(w)}  # CJK: never in the index
+    framing = set(stems(QUESTION_WORDS))
+    words = {w for w in _words(text) if w not in framing and not _UNSPACED.search(w)}
     top = max(idf.values(), default=1.0) or 1.0
-    weight = {w: idf.get(w, top) for w in words}
+    weight = {w: _idf(w, idf, top) for w in words}
     rare = {w: v for w, v in weight.items() if v >= RARE * top}
-    papers = [set(stems(_paper_text(h))) for h in hits[:TOP]]
-    titles = [set(stems(h.paper.title)) for h in hits[:TOP]]
+    papers = [set(_words(_paper_text(h))) for h in hits[:TOP]]
+    titles = [set(_words(h.paper.title)) for h in hits[:TOP]]
     rare_found, rare_missing = 1.0, 0.0
     if rare and papers:
         best = max(papers, key=lambda found: _share(rare, found))
@@ -119,10 +147,10 @@ def features(question: str, hits: list[Hit], idf: dict[str, float]) -> np.ndarra
     scores = [h.score for h in hits]
     row = {
         "cosine": max((h.dense for h in hits), default=0.0),
-        "coverage": max((h.coverage for h in hits), default=0.0),
+        "coverage": max((_share(weight, set(_words(_chunk_text(h)))) for h in hits), default=0.0),
         "rare_found": rare_found if papers else 0.0,
         "rare_missing": rare_missing if papers else 1.0,
-        "unseen": sum(w not in idf for w in words) / len(words) if words else 0.0,
+        "unseen": sum(_idf(w, idf, -1.0) < 0 for w in words) / len(words) if words else 0.0,
         "title": max((_share(weight, t) for t in titles), default=0.0) if words else 0.0,
         "acronym_found": max((rarity[a] for a in found), default=0.0),
         "acronym_missing": max((rarity[a] for a in named if a not in found), default=0.0),
@@ -230,13 +258,15 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def operating_point(
     probs: np.ndarray, labels: np.ndarray, max_false: float = MAX_FALSE_ABSTENTION
 ) -> float:
-    """The highest threshold that abstains on at most `max_false` of the answerable questions
-    (abstaining wrongly costs a user more than an extra answer that cites its sources)."""
+    """The threshold that abstains on the most off-corpus questions while refusing at most
+    `max_false` of the answerable ones, set midway into the gap below it (an answerable
+    question scoring just under the fitted line is still answered)."""
     answerable = np.sort(probs[labels == 1])
     if not len(answerable):
         return 0.5
-    allowed = math.floor(max_false * len(answerable))
-    return float(answerable[allowed]) - 1e-6
+    highest = float(answerable[math.floor(max_false * len(answerable))])
+    below = probs[(labels == 0) & (probs < highest)]
+    return (float(below.max()) + highest) / 2 if len(below) else highest - 1e-6
 
 
 def rates(probs: np.ndarray, labels: np.ndarray, cut: float) -> dict[str, float]:

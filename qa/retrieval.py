@@ -31,7 +31,7 @@ from qa.citations import ARXIV_ID as CITED_ID
 from qa.config import Settings, get_settings
 from qa.corpus import Paper
 from qa.index import Index, ensure_index, open_index
-from qa.wording import normalize_question, split_scripts
+from qa.wording import american_spelling, normalize_question, split_scripts
 
 log = logging.getLogger(__name__)
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it forces DEBUG on itself
@@ -74,27 +74,25 @@ class Hit:
 
 
 _WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s' token pattern
-# bm25s' list plus the words questions are framed with: "what"/"how" are rare in abstracts,
-# so they weighed as much as a method name in BM25 and in how much of a question a paper covers.
-_QUESTION_WORDS = "what which how why who whom whose when where does did do can could would me"
-_STOPWORDS = frozenset(STOPWORDS_EN) | frozenset(_QUESTION_WORDS.split())
+_STOPWORDS = frozenset(STOPWORDS_EN)
 _STEMMERS = threading.local()  # PyStemmer objects are not thread-safe
 
 
 # In the saved keyword index's name, so a new tokeniser rebuilds it (t2: scripts split,
-# question words dropped).
+# British spellings folded).
 TOKENIZER = "t2"
 
 
 def stems(text: str) -> list[str]:
     """Lower-cased, stop-word-free, Snowball-stemmed words: the keyword index's tokens.
 
-    Scripts are split first, so a Latin term glued to CJK text (`什么是POMP`) is its own word.
+    Scripts are split first, so a Latin term glued to CJK text (`什么是POMP`) is its own word,
+    and British spellings folded into American ones ("initialise" finds "initialize").
     """
     stemmer = getattr(_STEMMERS, "stemmer", None)
     if stemmer is None:
         stemmer = _STEMMERS.stemmer = Stemmer.Stemmer("english")
-    words = _WORD.findall(split_scripts(text).lower())
+    words = _WORD.findall(american_spelling(split_scripts(text).lower()))
     return stemmer.stemWords([w for w in words if w not in _STOPWORDS])
 
 

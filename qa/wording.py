@@ -9,6 +9,7 @@ paper, yet they weigh in keyword search and in how much of a question a paper co
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 # Openers and request frames, removed from the start of a question (repeatedly: "Hi! I'm new
 # here, could you please help me understand ..." peels off in three steps).
@@ -62,6 +63,22 @@ _REFERS_BACK = re.compile(
 )
 
 
+_BRITISH = (
+    (re.compile(r"(?<=\w{3})is(e|ed|es|ing|ation|ations|er|ers)\b"), r"iz\1"),
+    (re.compile(r"(?<=\w{3})ys(e|ed|es|ing)\b"), r"yz\1"),
+    (re.compile(r"(?<=\w{3})our(s|ed|ing)?\b"), r"or\1"),
+)
+
+
+def american_spelling(text: str) -> str:
+    """Fold British -ise/-yse/-our spellings into -ize/-yze/-or ("initialise" finds
+    "initialize"). Applied to documents and questions alike, so an over-eager fold
+    ("otherwise" → "otherwize") still matches itself."""
+    for pattern, repl in _BRITISH:
+        text = pattern.sub(repl, text)
+    return text
+
+
 def split_scripts(text: str) -> str:
     """Insert a space wherever an unspaced script (CJK, Thai) meets another: `什么是POMP` →
     `什么是 POMP`, so tokenisers that split on word boundaries see the Latin term."""
@@ -91,3 +108,29 @@ def normalize_question(question: str) -> str:
 def refers_back(question: str) -> bool:
     """Does a follow-up point at the papers under discussion ("they", "the method", "it")?"""
     return bool(_REFERS_BACK.search(question))
+
+
+# Words a question uses for what abstracts say otherwise ("create the triggers" / "generate
+# the trigger"; "what results" / "experiments show"): each group counts as one word when
+# matching a question against an abstract.
+SYNONYM_GROUPS = (
+    "create generate produce construct craft build design synthesize make",
+    "result experiment evaluation show demonstrate achieve outperform performance accuracy",
+    "select choose pick",
+    "dataset data benchmark corpus",
+    "limitation drawback weakness problem challenge issue",
+    "method approach technique framework algorithm",
+    "fast speed efficient efficiency cheap",
+    "improve boost enhance",
+    "reduce decrease lower",
+    "use employ utilize leverage",
+)
+
+
+def synonym_table(stem: Callable[[list[str]], list[str]]) -> dict[str, str]:
+    """Stem → its group's first stem, for a given stemmer (callers cache the table)."""
+    table: dict[str, str] = {}
+    for group in SYNONYM_GROUPS:
+        stems = stem(group.split())
+        table.update({s: stems[0] for s in stems})
+    return table

@@ -24,7 +24,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from qa.citations import paper_keys
 from qa.models.schema import bare, bound_schema
 from qa.models.specs import emit
-from qa.wording import normalize_question, refers_back
+from qa.wording import normalize_question, refers_back, synonym_table
 
 _HEADER = re.compile(r"^\[((?:arXiv|ref):[^\]\s]+)\]\s*(.*)$")
 _MARKER_LIKE = re.compile(
@@ -50,16 +50,6 @@ _STOPWORD_TEXT = """
 """
 _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 NO_ANSWER = "The abstracts in the context do not address this question."
-# Words a question uses for what abstracts say otherwise ("create the triggers" / "generate
-# the trigger"; "what results" / "experiments show"): each group counts as one word.
-_SYNONYM_GROUPS = (
-    "create generate produce construct craft build design synthesize make",
-    "result experiment evaluation show demonstrate achieve outperform performance accuracy",
-    "dataset data benchmark corpus",
-    "limitation drawback weakness problem challenge issue",
-    "method approach technique framework algorithm",
-    "fast speed efficient efficiency cheap",
-)
 KEY_SHARE = 0.6  # a sentence must hold a question word at least this rare (vs the rarest)
 
 
@@ -91,11 +81,7 @@ def _terms(text: str) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _synonyms() -> dict[str, str]:
-    table: dict[str, str] = {}
-    for group in _SYNONYM_GROUPS:
-        stems = _stem(group.split())
-        table.update({s: stems[0] for s in stems})
-    return table
+    return synonym_table(_stem)
 
 
 def _strip_markers(text: str) -> str:
