@@ -34,7 +34,9 @@ _FRAMES = [
 ]
 _LEADING = re.compile(r"^\s*(?:" + "|".join(_FRAMES) + r")(?!\w)\s*[,:]?\s*", re.IGNORECASE)
 _TRAILING = re.compile(
-    r"[\s,;]*(?:(?:,\s*)?(?:please|pls|thanks|thank you(?: (?:so|very) much)?|thx|cheers)"
+    r"[\s,;.]*(?:(?:please\s+)?(?:explain|describe|elaborate|summari[sz]e)(?: (?:it|this|that))?"
+    r"(?: (?:briefly|simply|in detail|in simple terms))?"
+    r"|(?:,\s*)?(?:please|pls|thanks|thank you(?: (?:so|very) much)?|thx|cheers)"
     r"|in (?:simple|plain|layman'?s?|easy) (?:terms|words|language)|for (?:a )?beginners?"
     r"|for (?:a )?newcomers?|for me)[\s!.?]*$",
     re.IGNORECASE,

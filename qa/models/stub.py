@@ -51,6 +51,7 @@ _STOPWORD_TEXT = """
 _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 NO_ANSWER = "The abstracts in the context do not address this question."
 KEY_SHARE = 0.6  # a sentence must hold a question word at least this rare (vs the rarest)
+PAPER_SHARE = 0.7  # ... and come from a paper covering this share of the best paper's words
 
 
 @functools.lru_cache(maxsize=1)
@@ -182,7 +183,21 @@ def _score(question: str, papers: list[_Paper], share: float = 0.3, need: int = 
         title = sum(idf.get(t, 0.0) for t in set(_terms(paper.title)) & wanted)
         order = 0.05 * (len(papers) - paper.rank) / len(papers)
         picks.append(_Pick(paper, i, sentence, overlap + 0.25 * title + order))
-    return picks or _lead_paper_picks(rows, wanted, idf, need)
+    return _on_topic(picks, rows, idf) or _lead_paper_picks(rows, wanted, idf, need)
+
+
+def _on_topic(
+    picks: list[_Pick], rows: list[tuple[_Paper, int, str, set[str]]], idf: dict[str, float]
+) -> list[_Pick]:
+    """Picks from papers that, as a whole, cover nearly as much of the question as the best
+    one: a membership-inference paper shares "attack" and "model" with a question about
+    speech backdoors, but not the topic."""
+    words: dict[str, set[str]] = {}
+    for paper, _, _, terms in rows:
+        words.setdefault(paper.marker, set()).update(terms)
+    cover = {m: sum(v for t, v in idf.items() if t in found) for m, found in words.items()}
+    best = max((cover[p.paper.marker] for p in picks), default=0.0)
+    return [p for p in picks if cover[p.paper.marker] >= PAPER_SHARE * best]
 
 
 def _lead_paper_picks(
@@ -304,12 +319,14 @@ def _answer(
     asking nothing else gets the start of its abstract."""
     question = normalize_question(question)
     named = {p.marker for p in papers if _key(p.marker) in set(paper_keys(question))}
-    rest = _MARKER_LIKE.sub(" ", re.sub(r"\b\d{4}\.\d{4,5}(?:v\d+)?\b", " ", question))
+    rest = re.sub(r"\b\d{4}\.\d{4,5}(?:v\d+)?\b", " ", _MARKER_LIKE.sub(" ", question))
     pinned = [p for p in papers if p.marker in (named or focus)]
     if named and not _terms(rest):
         return [_Pick(p, i, s, 1.0) for p in pinned for i, s in _opening(p, per_paper)][:most]
     if pinned:  # the papers under discussion: any word of the question may point at a line
         picks = _score(rest, pinned, share=0.0, need=1)
+        if named and not picks:
+            return [_Pick(p, i, s, 1.0) for p in pinned for i, s in _opening(p, per_paper)][:most]
         return _select(picks, most, per_paper)
     return _select(_score(rest, papers), most, per_paper)
 
