@@ -78,8 +78,10 @@ def retrieval_metrics(
         keys = {h.paper.key for h in retrieve(case.question, k, mode=mode, settings=settings)}
         multi.append(len(keys & set(case.gold)) / len(case.gold))
     n = max(len(ranks), 1)
+    follow = [r for r, c in zip(ranks, singles, strict=True) if c.type == "followup"]
     return {
         "R@1": sum(r == 1 for r in ranks) / n,
+        "follow-up R@1": sum(r == 1 for r in follow) / max(len(follow), 1),
         "R@5": sum(r is not None and r <= 5 for r in ranks) / n,
         "R@10": sum(r is not None for r in ranks) / n,
         "MRR": sum(1 / r for r in ranks if r) / n,
@@ -223,7 +225,7 @@ def _all_keys(settings: Settings) -> list[str]:
 
 def answer_metrics(cases: list[Case], settings: Settings, model: str) -> dict[str, float]:
     """Run the whole chain: gold cited, facts present, abstention, dropped citations."""
-    cited_gold, answerable, facts, fact_hits, dropped = 0, 0, 0, 0, 0
+    cited_gold, answerable, facts, fact_hits, dropped, refused = 0, 0, 0, 0, 0, 0
     abstain_tp = abstain_pred = abstain_true = 0
     for case in cases:
         answer = ask(case.question, case.history, model, settings=settings)
@@ -235,6 +237,7 @@ def answer_metrics(cases: list[Case], settings: Settings, model: str) -> dict[st
         if should:
             continue
         answerable += 1
+        refused += answer.abstained
         cited_gold += any(p.key in case.gold for p in answer.citations)
         if case.fact:
             facts += 1
@@ -242,6 +245,7 @@ def answer_metrics(cases: list[Case], settings: Settings, model: str) -> dict[st
     return {
         "cites a gold paper": cited_gold / max(answerable, 1),
         "fact in answer": fact_hits / max(facts, 1),
+        "false abstention": refused / max(answerable, 1),
         "abstention precision": abstain_tp / max(abstain_pred, 1),
         "abstention recall": abstain_tp / max(abstain_true, 1),
         "dropped citations": float(dropped),
