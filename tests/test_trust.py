@@ -326,3 +326,19 @@ def test_eval_calibrate_refits_and_reports_per_wording(seeds, tmp_path, monkeypa
         assert label in printed
     assert set(results["calibration"]["cross_validated"]) == {"plain", "polite", "terse"}
     assert "swapped citations detected" in results["support"]
+
+
+def test_ui_marks_a_weakly_supported_sentence(seeds, fake_openai, monkeypatch):
+    import app
+
+    monkeypatch.setenv("QA_STRUCTURED_OUTPUT", "false")
+    get_settings.cache_clear()
+    fake_openai.add_text(
+        "POMP is a prompt pre-training method for vision-language models [arXiv:2304.04704]. "
+        "It grounds bounding boxes as Markdown links to build GrIT [arXiv:2304.04704]."
+    )
+    spec = f"openai-compatible:fake@{fake_openai.base_url}"
+    *_, (shown, final) = app.answer_events("What is POMP?", [], spec, 5, get_settings())
+    assert [s.supported for s in final.support] == [True, False]
+    assert shown.count("weakly supported") == 1
+    assert shown.index("weakly supported") > shown.index("GrIT")
