@@ -19,8 +19,9 @@ _FRAMES = [
     r"(?:thanks|thank you)(?: (?:so|very) much)?(?: in advance)?\s*[,!.:;-]*",
     r"i(?:'m| am) (?:new|a beginner|a newcomer|not an expert|a student|curious)"
     r"[^,.!?;:]{0,40}[,.!;:-]+",
-    r"(?:please|pls|kindly)\s*,?",
-    r"(?:could|can|would|will) you(?: (?:please|kindly|maybe|possibly))?(?: (?:help|assist) me"
+    r"(?:please|pls|plz|kindly)\s*,?",
+    r"(?:could|can|would|will) (?:you|u|ya)(?: (?:please|pls|plz|kindly|maybe|possibly))?"
+    r"(?: (?:help|assist) me"
     r"(?: to)?)?",
     r"(?:i(?:'d| would) like to|i want to|i wish to|i need to|i(?:'m| am) trying to|"
     r"i(?:'d| would) love to|i was wondering|i wonder|help me|let me|do you)"
@@ -36,7 +37,7 @@ _LEADING = re.compile(r"^\s*(?:" + "|".join(_FRAMES) + r")(?!\w)\s*[,:]?\s*", re
 _TRAILING = re.compile(
     r"[\s,;.]*(?:(?:please\s+)?(?:explain|describe|elaborate|summari[sz]e)(?: (?:it|this|that))?"
     r"(?: (?:briefly|simply|in detail|in simple terms))?"
-    r"|(?:,\s*)?(?:please|pls|thanks|thank you(?: (?:so|very) much)?|thx|cheers)"
+    r"|(?:,\s*)?(?:please|pls|plz|thanks|thank you(?: (?:so|very) much)?|thx|ty|cheers)"
     r"|in (?:simple|plain|layman'?s?|easy) (?:terms|words|language)|for (?:a )?beginners?"
     r"|for (?:a )?newcomers?|for me)[\s!.?]*$",
     re.IGNORECASE,

@@ -58,6 +58,7 @@ def _turns(question: str, answer) -> list[dict]:
         ),
         ("I'd like to know more about LoRA, please", "LoRA"),
         ("I would like to know how RETRO works. Please explain briefly.", "How RETRO works"),
+        ("hey can u tell me about born again networks", "Born again networks"),
     ],
 )
 def test_politeness_is_removed_and_the_content_kept(asked, meant):
