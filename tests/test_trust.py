@@ -303,6 +303,7 @@ def test_repeated_markers_are_collapsed():
 def test_cjk_question_finds_the_latin_term(seeds):
     hits = qa.retrieve("什么是POMP？", k=3)
     assert hits[0].paper.arxiv_id == "2304.04704"
+    assert _ids(ask("什么是POMP？")) == ["2304.04704"]
 
 
 # ---------------------------------------------------------------- qa eval --calibrate
