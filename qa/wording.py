@@ -35,7 +35,8 @@ _FRAMES = [
 ]
 _LEADING = re.compile(r"^\s*(?:" + "|".join(_FRAMES) + r")(?!\w)\s*[,:]?\s*", re.IGNORECASE)
 _TRAILING = re.compile(
-    r"[\s,;.]*(?:(?:please\s+)?(?:explain|describe|elaborate|summari[sz]e)(?: (?:it|this|that))?"
+    r"[\s,;.]*(?<![\w'-])(?:(?:please\s+|(?<=[.!?]))\s*"
+    r"(?:explain|describe|elaborate|summari[sz]e)(?: (?:it|this|that))?"
     r"(?: (?:briefly|simply|in detail|in simple terms))?"
     r"|(?:,\s*)?(?:please|pls|plz|thanks|thank you(?: (?:so|very) much)?|thx|ty|cheers)"
     r"|in (?:simple|plain|layman'?s?|easy) (?:terms|words|language)|for (?:a )?beginners?"
