@@ -187,33 +187,44 @@ def gate_metrics(cases: list[Case], settings: Settings) -> dict[str, dict[str, f
     return out
 
 
-def support_metrics(settings: Settings, papers: int = 60) -> dict[str, float]:
+def support_metrics(cases: list[Case], settings: Settings, papers: int = 60) -> dict[str, float]:
     """Abstract sentences cited right vs. the same sentences citing the nearest other paper
-    (the hardest swap: same topic, shared words). Detection = swaps flagged; false flags =
-    right citations flagged. Papers are spread evenly over the index."""
+    (the hardest swap: same topic, shared words), each checked against the context the chain
+    would build for it. Detection = swaps flagged; false flags = right citations flagged, and
+    hand-written paraphrases (the follow-up histories) flagged. Papers are spread evenly."""
     index = gate.get_retriever(settings).index
     keys = _all_keys(settings)
     step = max(len(keys) // papers, 1)
-    right = swapped = flagged_right = flagged_swap = 0
+    right, flagged_right, flagged_swap = 0, 0, 0
     for key in keys[::step][:papers]:
         paper = index.papers([key])[key]
         for sentence in [s for s in split_sentences(paper.abstract) if len(s.split()) >= 8][:2]:
-            hits = retrieve(sentence, 3, settings=settings)
-            other = next((h.paper for h in hits if h.paper.key != key), None)
+            context = [h.paper for h in retrieve(sentence, settings.k, settings=settings)]
+            other = next((p for p in context if p.key != key), None)
             if other is None:
                 continue
-            context = [paper, other]
-            ok = check_support(f"{sentence} {paper.marker}", context)
-            bad = check_support(f"{sentence} {other.marker}", context)
+            context = [paper, *(p for p in context if p.key != key)]
             right += 1
-            swapped += 1
-            flagged_right += any(s.supported is False for s in ok)
-            flagged_swap += any(s.supported is False for s in bad)
+            flagged_right += _flagged(f"{sentence} {paper.marker}", context)
+            flagged_swap += _flagged(f"{sentence} {other.marker}", context)
+    paraphrases = [c for c in cases if c.type == "followup"]
+    flagged_para = 0
+    for case in paraphrases:
+        cited = " ".join(f"[arXiv:{g}]" for g in case.gold)
+        context = [
+            h.paper for h in retrieve(f"{case.question} {cited}", settings.k, settings=settings)
+        ]
+        flagged_para += _flagged(case.history[-1]["content"], context)
     return {
-        "swapped citations detected": flagged_swap / max(swapped, 1),
+        "swapped citations detected": flagged_swap / max(right, 1),
         "right citations flagged": flagged_right / max(right, 1),
+        "paraphrases flagged": flagged_para / max(len(paraphrases), 1),
         "sentences": float(right),
     }
+
+
+def _flagged(text: str, context: list) -> bool:
+    return any(s.supported is False for s in check_support(text, context))
 
 
 def _all_keys(settings: Settings) -> list[str]:
@@ -298,7 +309,7 @@ def run_eval(
     results["gate"] = gate_metrics(cases, settings)
     echo(f"\nrelevance gate at {gate.threshold(settings):.3f} (abstains below)")
     echo(_table(results["gate"]))
-    results["support"] = support_metrics(settings)
+    results["support"] = support_metrics(cases, settings)
     echo("\nsupport check (abstract sentences; swaps cite the nearest other paper)")
     echo(_table({"support": results["support"]}))
     if answers:

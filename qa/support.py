@@ -21,7 +21,7 @@ from qa.citations import MARKER_GROUP, paper_keys
 from qa.corpus import Paper
 from qa.retrieval import stems
 
-SUPPORTED = 0.5  # score at or above which a sentence counts as supported (see `qa eval`)
+SUPPORTED = 0.4  # score at or above which a sentence counts as supported (see `qa eval`)
 PAIR_WEIGHT = 0.5  # share of the score that comes from word pairs
 WEAK_NOTE = " ⚠️ *weakly supported by the cited abstract*"
 _SENTENCE = re.compile(r"(?<=[.!?\]])\s+(?=[A-Z0-9(\"'\[])")
