@@ -130,34 +130,49 @@ def features(question: str, hits: list[Hit], idf: dict[str, float]) -> np.ndarra
     words = {w for w in _words(text) if w not in framing and not _UNSPACED.search(w)}
     top = max(idf.values(), default=1.0) or 1.0
     weight = {w: _idf(w, idf, top) for w in words}
-    rare = {w: v for w, v in weight.items() if v >= RARE * top}
     papers = [set(_words(_paper_text(h))) for h in hits[:TOP]]
     titles = [set(_words(h.paper.title)) for h in hits[:TOP]]
-    rare_found, rare_missing = 1.0, 0.0
-    if rare and papers:
-        best = max(papers, key=lambda found: _share(rare, found))
-        rare_found = _share(rare, best)
-        rare_missing = max((v / top for w, v in rare.items() if w not in best), default=0.0)
-    uncommon = [w for w, v in weight.items() if v >= UNCOMMON * top]
-    closest = max(papers, key=lambda found: _share(weight, found), default=set())
-    named = acronyms(text)
-    lowered = [_paper_text(h).lower() for h in hits[:TOP]]
-    found = [a for a in named if any(_has_word(t, a.lower()) for t in lowered)]
-    rarity = {a: _rarity(a, idf, top) for a in named}  # "ATSS" says more than "LLM"
     scores = [h.score for h in hits]
     row = {
         "cosine": max((h.dense for h in hits), default=0.0),
         "coverage": max((_share(weight, set(_words(_chunk_text(h)))) for h in hits), default=0.0),
-        "rare_found": rare_found if papers else 0.0,
-        "rare_missing": rare_missing if papers else 1.0,
+        **_rare_words(weight, papers, top),
         "unseen": sum(_idf(w, idf, -1.0) < 0 for w in words) / len(words) if words else 0.0,
         "title": max((_share(weight, t) for t in titles), default=0.0) if words else 0.0,
-        "acronym_found": max((rarity[a] for a in found), default=0.0),
-        "acronym_missing": max((rarity[a] for a in named if a not in found), default=0.0),
-        "missing": float(sum(w not in closest for w in uncommon)),
+        **_named_methods(text, hits[:TOP], idf, top),
         "margin": scores[0] - scores[1] if len(scores) > 1 else (scores[0] if scores else 0.0),
     }
     return np.array([row[name] for name in FEATURES], dtype=float)
+
+
+def _rare_words(weight: dict[str, float], papers: list[set[str]], top: float) -> dict[str, float]:
+    """rare_found, rare_missing and missing: does one paper hold the question's rarer words?"""
+    if not papers:
+        return {"rare_found": 0.0, "rare_missing": 1.0, "missing": 0.0}
+    rare = {w: v for w, v in weight.items() if v >= RARE * top}
+    rare_found, rare_missing = 1.0, 0.0
+    if rare:
+        best = max(papers, key=lambda found: _share(rare, found))
+        rare_found = _share(rare, best)
+        rare_missing = max((v / top for w, v in rare.items() if w not in best), default=0.0)
+    closest = max(papers, key=lambda found: _share(weight, found))
+    uncommon = [w for w, v in weight.items() if v >= UNCOMMON * top]
+    missing = float(sum(w not in closest for w in uncommon))
+    return {"rare_found": rare_found, "rare_missing": rare_missing, "missing": missing}
+
+
+def _named_methods(
+    text: str, hits: list[Hit], idf: dict[str, float], top: float
+) -> dict[str, float]:
+    """acronym_found / acronym_missing, each the rarity of the rarest such name."""
+    named = acronyms(text)
+    lowered = [_paper_text(h).lower() for h in hits]
+    found = [a for a in named if any(_has_word(t, a.lower()) for t in lowered)]
+    rarity = {a: _rarity(a, idf, top) for a in named}  # "ATSS" says more than "LLM"
+    return {
+        "acronym_found": max((rarity[a] for a in found), default=0.0),
+        "acronym_missing": max((rarity[a] for a in named if a not in found), default=0.0),
+    }
 
 
 def _rarity(word: str, idf: dict[str, float], top: float) -> float:
