@@ -34,6 +34,7 @@ from qa.mcp_tools import install as install_mcp_tools
 from qa.mcp_tools import with_mcp
 from qa.models import ModelError
 from qa.retrieval import Hit
+from qa.support import mark_weak
 
 log = logging.getLogger("arxiv_qa.app")
 
@@ -246,7 +247,7 @@ def answer_events(
         for event in stream(message, history, spec, k=k, settings=settings):
             if isinstance(event, Answer):  # redact: a server URL in an error may hold a login
                 event.text = redact(event.text)
-                yield event.text, event
+                yield mark_weak(event.text, event.support), event
                 return
             text += event
             yield redact(text), None

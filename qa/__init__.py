@@ -1,7 +1,7 @@
 """arxiv-qa: question answering over arXiv abstracts with validated arXiv-ID citations.
 
 The public API (see README): `load_corpus`, `build_index`, `retrieve`, `ask`, `stream`,
-`as_retriever`.
+`as_retriever`, `check_support`.
 Imports are lazy so `import qa` stays fast and `qa --help` does not load Chroma or ONNX.
 """
 
@@ -21,6 +21,7 @@ _EXPORTS = {
     "ask": "qa.chain",
     "stream": "qa.chain",
     "as_retriever": "qa.retriever",
+    "check_support": "qa.support",
     "Settings": "qa.config",
     "get_settings": "qa.config",
 }

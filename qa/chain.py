@@ -33,7 +33,10 @@ from qa.models import (
     parse_spec,
     supports_structured,
 )
-from qa.retrieval import Hit, is_relevant, retrieve
+from qa.relevance import is_relevant
+from qa.retrieval import Hit, retrieve
+from qa.support import SentenceSupport, check_support
+from qa.wording import refers_back
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +46,6 @@ _CHITCHAT = re.compile(
     r"^(hi|hello|hey|hiya|yo|good (morning|afternoon|evening)|thanks?|thank you|ok(ay)?|cool|"
     r"great|nice|bye|goodbye|cheers)\b[^?]*$|^(who|what) are you\W*$|^what can you do\W*$|"
     r"^help\W*$",
-    re.IGNORECASE,
-)
-_ANAPHORA = re.compile(
-    r"\b(they|them|their|it|its|this|that|these|those|the (paper|papers|method|approach|model|"
-    r"authors|work|study)|above|previous|same)\b",
     re.IGNORECASE,
 )
 
@@ -69,6 +67,7 @@ class Answer:
     model: str = ""
     dropped_citations: list[str] = field(default_factory=list)
     error: str | None = None
+    support: list[SentenceSupport] = field(default_factory=list)  # per sentence, see qa.support
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +80,7 @@ class Answer:
             "sources": [h.to_dict() for h in self.sources],
             "dropped_citations": self.dropped_citations,
             "error": self.error,
+            "support": [s.to_dict() for s in self.support],
         }
 
 
@@ -160,7 +160,7 @@ def condense(question: str, history: list[BaseMessage], model, settings: Setting
 
 def papers_under_discussion(question: str, history: list[BaseMessage]) -> list[str]:
     """Keys cited in the last answer, when the follow-up refers back to them ("they", "it")."""
-    if not _ANAPHORA.search(question):
+    if not refers_back(question):
         return []
     for message in reversed(history):
         if isinstance(message, AIMessage):
@@ -182,6 +182,22 @@ def format_context(hits: list[Hit]) -> str:
     return "\n\n".join(
         f"{h.paper.marker} {h.paper.title or '(untitled)'}\n{h.paper.abstract}" for h in hits
     )
+
+
+def unknown_ids(question: str, hits: list[Hit]) -> list[str]:
+    """IDs named in the question that the index does not hold (named papers are pinned)."""
+    found = {k for h in hits if h.pinned for k in (h.paper.key, h.paper.arxiv_id) if k}
+    return [k for k in dict.fromkeys(paper_keys(question)) if k not in found]
+
+
+def not_indexed_text(keys: list[str], hits: list[Hit]) -> str:
+    named = ", ".join(marker_for_key(k).strip("[]") for k in keys)
+    verb = "is" if len(keys) == 1 else "are"
+    lines = [f"{named} {verb} not in the index, so I cannot answer about it from its abstract."]
+    if hits:
+        lines.append("\nThe nearest indexed papers:")
+        lines += [f"- {h.paper.title} ({h.paper.arxiv_id or h.paper.key})" for h in hits[:3]]
+    return "\n".join(lines)
 
 
 def abstention_text(hits: list[Hit]) -> str:
@@ -225,7 +241,7 @@ def _sentences_to_text(sentences: list[dict]) -> str:
             continue
         text = " ".join(str(sentence.get("text", "")).split())
         cites = sentence.get("cite") or []
-        markers = "".join(f"[{c}]" for c in cites if isinstance(c, str))
+        markers = "".join(f"[{c}]" for c in dict.fromkeys(c for c in cites if isinstance(c, str)))
         if text:
             parts.append(f"{text} {markers}".strip())
     return " ".join(parts)
@@ -295,7 +311,12 @@ def stream(
     hits = retrieve(search, k or settings.k, settings=settings)
     answer.sources = hits
 
-    if not is_relevant(hits, settings):
+    missing = unknown_ids(question, hits)
+    if missing and not any(h.pinned for h in hits):
+        answer.text, answer.abstained = not_indexed_text(missing, hits), True
+        yield from _whole(answer)
+        return
+    if not is_relevant(standalone, hits, settings):
         answer.text, answer.abstained = abstention_text(hits), True
         yield from _whole(answer)
         return
@@ -330,6 +351,7 @@ def stream(
     answer.dropped_citations = validate(raw, context).dropped if raw else checked.dropped
     if not answer.text.strip():
         answer.text = "The model returned an empty answer."
+    answer.support = check_support(answer.text, context)
     yield answer
 
 

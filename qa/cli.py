@@ -139,7 +139,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     ensure_index(settings)
-    results = run_eval(settings, answers=args.answers, model=settings.model, sweep=args.sweep)
+    results = run_eval(
+        settings,
+        answers=args.answers,
+        model=settings.model,
+        sweep=args.sweep,
+        calibrate_gate=args.calibrate,
+    )
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
@@ -211,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--answers", action="store_true", help="also run the answer chain")
     p.add_argument("--model", help="model for --answers (default: QA_MODEL)")
     p.add_argument("--sweep", action="store_true", help="compare fusion settings")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="refit the relevance gate on the golden set's tuning rows (writes QA_RELEVANCE_MODEL)",
+    )
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
     p.set_defaults(func=cmd_eval)
 

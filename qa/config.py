@@ -52,9 +52,6 @@ class Settings(BaseSettings):
     candidates: int = Field(50, ge=5, description="Chunks taken from each retriever.")
     keyword_weight: float = Field(0.6, ge=0, le=1, description="Keyword share of fused score.")
     fusion: Literal["convex", "rrf"] = Field("convex", description="How the channels fuse.")
-    abstain_threshold: float = Field(
-        0.37, description="Relevance below which the answer abstains (see `qa eval`)."
-    )
 
     # answering
     model: str = Field("stub", description="Chat model spec: stub | openai:<m> | ollama:<m> | …")
@@ -74,6 +71,18 @@ class Settings(BaseSettings):
     )
     llm_api_key: SecretStr | None = Field(
         None, description="Key for OpenAI-compatible/local servers (OPENAI_API_KEY never is)."
+    )
+
+    # answer or abstain; follow-ups; support check (issue 11)
+    relevance_model: Path = Field(
+        PROJECT_ROOT / "qa" / "relevance.json",
+        description="Fitted relevance model (`qa eval --calibrate` writes it).",
+    )
+    abstain_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Relevance probability below which answers abstain (default: the model's).",
     )
 
     # UI

@@ -22,8 +22,10 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field
 
+from qa.citations import paper_keys
 from qa.models.schema import bare, bound_schema
 from qa.models.specs import emit
+from qa.wording import normalize_question, refers_back, synonym_table
 
 _HEADER = re.compile(r"^\[((?:arXiv|ref):[^\]\s]+)\]\s*(.*)$")
 _MARKER_LIKE = re.compile(
@@ -49,6 +51,8 @@ _STOPWORD_TEXT = """
 """
 _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 NO_ANSWER = "The abstracts in the context do not address this question."
+KEY_SHARE = 0.6  # a sentence must hold a question word at least this rare (vs the rarest)
+PAPER_SHARE = 0.7  # ... and come from a paper covering this share of the best paper's words
 
 
 @functools.lru_cache(maxsize=1)
@@ -70,9 +74,16 @@ def _stem(words: list[str]) -> list[str]:
 
 
 def _terms(text: str) -> list[str]:
-    """Content-word stems of a text, in order."""
+    """Content-word stems of a text, in order (synonyms mapped to their group's first word)."""
     words = [w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOPWORDS]
-    return _stem([w for w in words if len(w) > 1 or w.isdigit()])
+    stems = _stem([w for w in words if len(w) > 1 or w.isdigit()])
+    synonyms = _synonyms()
+    return [synonyms.get(s, s) for s in stems]
+
+
+@functools.lru_cache(maxsize=1)
+def _synonyms() -> dict[str, str]:
+    return synonym_table(_stem)
 
 
 def _strip_markers(text: str) -> str:
@@ -145,7 +156,7 @@ def _candidates(papers: list[_Paper]) -> list[tuple[_Paper, int, str, set[str]]]
     return rows
 
 
-def _score(question: str, papers: list[_Paper]) -> list[_Pick]:
+def _score(question: str, papers: list[_Paper], share: float = 0.3, need: int = 2) -> list[_Pick]:
     """IDF-weighted overlap of each sentence with the question, plus small title/order bonuses.
 
     Only sentences that cover a fair share of the question's weight are kept, so an
@@ -163,16 +174,31 @@ def _score(question: str, papers: list[_Paper]) -> list[_Pick]:
     if not total:
         return []
     picks = []
-    need = min(2, len(wanted))  # one shared word ("recipe") is not an answer
+    need = min(need, len(wanted))  # one shared word ("recipe") is not an answer
+    keys = {t for t, v in idf.items() if v >= KEY_SHARE * max(idf.values())}
     for paper, i, sentence, terms in rows:
         matched = terms & wanted
         overlap = sum(idf.get(t, 0.0) for t in matched)
-        if overlap / total < 0.3 or len(matched & idf.keys()) < need:
-            continue
+        if overlap / total < share or len(matched & idf.keys()) < need or not matched & keys:
+            continue  # off-topic: none of the question's distinctive words
         title = sum(idf.get(t, 0.0) for t in set(_terms(paper.title)) & wanted)
         order = 0.05 * (len(papers) - paper.rank) / len(papers)
         picks.append(_Pick(paper, i, sentence, overlap + 0.25 * title + order))
-    return picks or _lead_paper_picks(rows, wanted, idf, need)
+    return _on_topic(picks, rows, idf) or _lead_paper_picks(rows, wanted, idf, need)
+
+
+def _on_topic(
+    picks: list[_Pick], rows: list[tuple[_Paper, int, str, set[str]]], idf: dict[str, float]
+) -> list[_Pick]:
+    """Picks from papers that, as a whole, cover nearly as much of the question as the best
+    one: a membership-inference paper shares "attack" and "model" with a question about
+    speech backdoors, but not the topic."""
+    words: dict[str, set[str]] = {}
+    for paper, _, _, terms in rows:
+        words.setdefault(paper.marker, set()).update(terms)
+    cover = {m: sum(v for t, v in idf.items() if t in found) for m, found in words.items()}
+    best = max((cover[p.paper.marker] for p in picks), default=0.0)
+    return [p for p in picks if cover[p.paper.marker] >= PAPER_SHARE * best]
 
 
 def _lead_paper_picks(
@@ -203,9 +229,14 @@ def _select(picks: list[_Pick], most: int, per_paper: int) -> list[_Pick]:
     floor = 0.5 * ranked[0].score
     chosen: list[_Pick] = []
     per: Counter[str] = Counter()
+    seen: set[str] = set()  # duplicate abstracts: the same sentence under two markers
     for pick in ranked:
+        same = " ".join(_terms(pick.text))
+        if same in seen:
+            continue
         if pick.score >= floor and per[pick.paper.marker] < per_paper and len(chosen) < most:
             chosen.append(pick)
+            seen.add(same)
             per[pick.paper.marker] += 1
     first = {}
     for pick in chosen:
@@ -284,10 +315,32 @@ def condense(prompt: str) -> str:
 def _answer(
     papers: list[_Paper], question: str, most: int, per_paper: int, focus: set[str]
 ) -> list[_Pick]:
-    """Best sentences; in a follow-up, from the papers the last answer cited if they have any."""
-    picks = _score(question, papers)
-    focused = [p for p in picks if p.paper.marker in focus]
-    return _select(focused or picks, most, per_paper)
+    """Best sentences. A question naming a paper, or a follow-up about the papers the last
+    answer cited (`focus`), is answered from those papers only; one naming a paper and
+    asking nothing else gets the start of its abstract."""
+    question = normalize_question(question)
+    named = {p.marker for p in papers if _key(p.marker) in set(paper_keys(question))}
+    rest = re.sub(r"\b\d{4}\.\d{4,5}(?:v\d+)?\b", " ", _MARKER_LIKE.sub(" ", question))
+    pinned = [p for p in papers if p.marker in (named or focus)]
+    if named and not _terms(rest):
+        return [_Pick(p, i, s, 1.0) for p in pinned for i, s in _opening(p, per_paper)][:most]
+    if pinned:  # the papers under discussion: any word of the question may point at a line
+        picks = _score(rest, pinned, share=0.0, need=1)
+        if named and not picks:
+            return [_Pick(p, i, s, 1.0) for p in pinned for i, s in _opening(p, per_paper)][:most]
+        return _select(picks, most, per_paper)
+    return _select(_score(rest, papers), most, per_paper)
+
+
+def _key(marker: str) -> str:
+    keys = paper_keys(marker)
+    return keys[0] if keys else ""
+
+
+def _opening(paper: _Paper, count: int) -> list[tuple[int, str]]:
+    """The first sentences of an abstract (what a paper is about), injections skipped."""
+    sentences = _sentences(_strip_markers(paper.abstract))
+    return [(i, s) for i, s in enumerate(sentences) if not _INJECTION.search(s)][:count]
 
 
 def _cited_before(messages: list[BaseMessage]) -> set[str]:
@@ -352,7 +405,7 @@ class StubChatModel(BaseChatModel):
         if schema is None and "Standalone question:" in prompt:
             return condense(prompt)
         parsed = _parse_answer_prompt(prompt)
-        focus = _cited_before(messages)
+        focus = _cited_before(messages) if parsed and refers_back(parsed[1]) else set()
         picks = _answer(*parsed, self.max_sentences, self.per_paper, focus) if parsed else []
         if schema is not None:
             return _structured_answer(picks, schema)
