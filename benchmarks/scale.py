@@ -189,9 +189,7 @@ def keyword_build_parts(index) -> dict[str, float]:
     count = index.count()
     texts = []
     for offset in range(0, count, 5000):
-        got = index.call(
-            index.collection.get, include=["documents"], limit=5000, offset=offset
-        )
+        got = index.call(index.collection.get, include=["documents"], limit=5000, offset=offset)
         texts += got["documents"]
     out["read from Chroma"] = time.perf_counter() - t
     t = time.perf_counter()
