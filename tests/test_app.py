@@ -70,7 +70,14 @@ def isolated_settings(app_index, monkeypatch):
     """Overrides conftest's per-test index dir: the launched `demo` reads `get_settings()` on
     every event, so every test here must point QA_PERSIST_DIR at the shared session index."""
     monkeypatch.setenv("QA_PERSIST_DIR", str(app_index))
-    for name in ("QA_CHROMA_URL", "QA_MODEL", "QA_AUTH", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+    for name in (
+        "QA_CHROMA_URL",
+        "QA_MODEL",
+        "QA_MODELS",
+        "QA_AUTH",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
     yield get_settings()
@@ -79,11 +86,20 @@ def isolated_settings(app_index, monkeypatch):
 
 @pytest.fixture(scope="session")
 def app_url(app_index) -> str:
-    """`app.demo` launched on a free loopback port for the session."""
+    """`app.demo` launched on a free loopback port for the session, with the launch options
+    `python app.py` uses (request and upload bounds)."""
     port = free_port()
-    app.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    options = {**app.launch_options(Settings()), "server_port": port, "server_name": "127.0.0.1"}
+    app.demo.launch(prevent_thread_lock=True, quiet=True, **options)
     yield f"http://127.0.0.1:{port}/"
     app.demo.close()
+
+
+def offer(monkeypatch, *specs: str, custom: bool = False) -> None:
+    """The operator's choice of models for the running app (read on every request)."""
+    monkeypatch.setenv("QA_MODELS", ",".join(specs))
+    monkeypatch.setenv("QA_ALLOW_CUSTOM_MODELS", str(custom).lower())
+    get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -176,13 +192,15 @@ def test_too_long_question_is_a_readable_message(client):
     assert "characters long; the limit is" in answer
 
 
-def test_missing_key_is_a_readable_message(client):
+def test_missing_key_is_a_readable_message(client, monkeypatch):
+    offer(monkeypatch, "stub", "openai:gpt-4o-mini")
     answer, _ = ask(client, QUESTIONS[0][0], model="openai:gpt-4o-mini")
     assert answer.startswith("⚠️") and "OPENAI_API_KEY" in answer
     assert "Traceback" not in answer
 
 
-def test_unknown_model_spec_is_a_readable_message(client):
+def test_unknown_model_spec_is_a_readable_message(client, monkeypatch):
+    offer(monkeypatch, "stub", custom=True)
     answer, _ = ask(client, QUESTIONS[0][0], model="gpt-5-please")
     assert "Unknown model spec" in answer and "valid forms" in answer
 
@@ -192,8 +210,9 @@ def test_dead_server_is_readable_and_keeps_the_key_secret(client, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
     monkeypatch.setenv("QA_MAX_RETRIES", "0")
-    get_settings.cache_clear()
-    for spec in ("openai:gpt-4o-mini", f"ollama:llama3.2@http://127.0.0.1:{free_port()}/v1"):
+    specs = ("openai:gpt-4o-mini", f"ollama:llama3.2@http://127.0.0.1:{free_port()}/v1")
+    offer(monkeypatch, "stub", *specs)
+    for spec in specs:
         answer, sources = ask(client, QUESTIONS[0][0], model=spec)
         assert "Cannot reach the model server" in answer, answer
         assert secret not in answer and secret not in str(sources)
@@ -296,11 +315,13 @@ def test_a_long_answer_does_not_block_others(app_url, monkeypatch):
     monkeypatch.setenv("QA_MAX_RETRIES", "0")
     get_settings.cache_clear()
     server = HangingServer()
+    slow_spec = f"openai-compatible:slow@http://127.0.0.1:{server.port}/v1"
+    offer(monkeypatch, "stub", slow_spec)
     try:
         slow = Client(app_url, verbose=False).submit(
             QUESTIONS[0][0],
             [],
-            f"openai-compatible:slow@http://127.0.0.1:{server.port}/v1",
+            slow_spec,
             5,
             api_name="/ask",
         )
