@@ -5,6 +5,7 @@ vector cache) and the module-level `demo` is launched on a free port. The login 
 `python app.py` in a subprocess, which also checks the first-start index build.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -34,6 +35,8 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]
+
+pytest_plugins = ["fake_openai"]
 
 POMP = "2304.04704"
 VOICE_BACKDOOR = "2306.15875"
@@ -335,6 +338,165 @@ def test_a_long_answer_does_not_block_others(app_url, monkeypatch):
     finally:
         server.close()
     assert slow_answer.startswith("⚠️") and "within 8 s" in slow_answer
+
+
+# ---------------------------------------------------------------- the operator decides (issue 10)
+
+SERVER_KEY = "sk-llm-server-SECRET-1234567890"
+OPENAI_KEY = "sk-openai-SECRET-0987654321abcdef"
+
+
+def _with_keys(monkeypatch) -> None:
+    monkeypatch.setenv("QA_LLM_API_KEY", SERVER_KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    monkeypatch.setenv("QA_STRUCTURED_OUTPUT", "false")
+    monkeypatch.setenv("QA_MAX_RETRIES", "0")
+
+
+def _secrets_in(requests) -> list[str]:
+    seen = " ".join(f"{r.headers} {r.body}" for r in requests)
+    return [key for key in (SERVER_KEY, OPENAI_KEY) if key in seen]
+
+
+def test_a_model_not_offered_is_refused_and_nothing_reaches_its_url(
+    client, monkeypatch, fake_openai
+):
+    _with_keys(monkeypatch)
+    offer(monkeypatch, "stub", "ollama:llama3.2")
+    visitor = f"openai-compatible:x@{fake_openai.base_url}"
+    answer, sources = ask(client, QUESTIONS[1][0], model=visitor)
+    assert answer.startswith("⚠️ The model") and "is not offered here" in answer
+    assert "choose one of: stub, ollama:llama3.2" in answer and "QA_MODELS" in answer
+    assert sources == []
+    refusals = [
+        ask(client, QUESTIONS[1][0], model=f"llamacpp:{path}")[0].replace(path, "<path>")
+        for path in ("/etc/passwd", "/no/such/model.gguf")
+    ]
+    assert refusals[0] == refusals[1], "no answer tells whether a file exists on the server"
+    assert fake_openai.requests == []
+    assert POMP in ask(client, QUESTIONS[1][0], model="")[0], "blank = the first offered model"
+
+
+def test_custom_models_when_allowed_never_get_the_servers_keys(client, monkeypatch, fake_openai):
+    _with_keys(monkeypatch)
+    offer(monkeypatch, "stub", custom=True)
+    fake_openai.default_text = "Visitor model answer."
+    answer, _ = ask(client, QUESTIONS[1][0], model=f"openai-compatible:x@{fake_openai.base_url}")
+    assert "Visitor model answer" in answer
+    assert fake_openai.requests, "the visitor's URL was called"
+    assert _secrets_in(fake_openai.requests) == []
+    for request in fake_openai.requests:
+        assert request.headers["authorization"] == "Bearer not-needed"
+    answer, _ = ask(client, QUESTIONS[1][0], model="llamacpp:/etc/passwd")
+    assert "cannot be chosen from the web" in answer
+
+    fake_openai.requests.clear()  # the operator's own choice of URL does get its key
+    offer(monkeypatch, "stub", f"openai-compatible:x@{fake_openai.base_url}")
+    ask(client, QUESTIONS[1][0], model=f"openai-compatible:x@{fake_openai.base_url}")
+    assert fake_openai.requests[-1].headers["authorization"] == f"Bearer {SERVER_KEY}"
+
+
+def test_remote_error_bodies_are_summarised_not_relayed(client, monkeypatch, fake_openai):
+    _with_keys(monkeypatch)
+    spec = f"openai-compatible:x@{fake_openai.base_url}"
+    offer(monkeypatch, spec)
+    body = f"first line of the reason\nsecond line with {SERVER_KEY}\n" + "x" * 5000
+    fake_openai.add_error(418, message=body)
+    answer, _ = ask(client, QUESTIONS[1][0], model="")
+    assert "(HTTP 418): first line of the reason" in answer
+    assert "second line" not in answer and SERVER_KEY not in answer and "x" * 200 not in answer
+
+
+def test_summarise_names_html_pages_and_keeps_one_clean_line():
+    from qa.models.errors import summarise
+
+    assert summarise("<!DOCTYPE html><html><body>Bad Gateway</body></html>") == "(an HTML page)"
+    assert summarise("\n\n  bad \x1b[31mrequest\x00 \n more") == "bad [31mrequest"
+    assert len(summarise("y" * 10_000)) == 160
+
+
+# ---------------------------------------------------------------- bounds on what enters
+
+
+def test_k_is_validated_for_api_callers(client):
+    for k in (0, -1, 10_000):
+        answer, sources = ask(client, QUESTIONS[1][0], k=k)
+        assert answer == f"⚠️ k: must be an integer between 1 and 50 (got {k})"
+        assert sources == []
+    _, sources = ask(client, QUESTIONS[1][0], k=None)
+    assert len(sources) == 5, "None = QA_K"
+
+
+def _post(url: str, data: bytes, content_type: str) -> int:
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _refused_before_the_body(app_url: str, path: str, size: int) -> tuple[int, str]:
+    """Announce a `size`-byte JSON body and send none of it: the answer comes from the
+    headers alone (the server does not wait for, or read, 20 MB)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    where = urlparse(app_url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(size))
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def test_oversized_requests_and_uploads_are_refused(app_url):
+    status, reason = _refused_before_the_body(app_url, "/gradio_api/call/ask", 20_000_000)
+    assert status == 413 and "QA_MAX_REQUEST_BYTES" in reason
+    boundary = "qa-boundary"
+    upload = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="x.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + b"x" * 100_000
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    content_type = f"multipart/form-data; boundary={boundary}"
+    assert _post(app_url + "gradio_api/upload", upload, content_type) == 413
+
+
+def test_long_history_gives_a_bounded_model_request_and_a_note(client, monkeypatch, fake_openai):
+    spec = f"openai-compatible:x@{fake_openai.base_url}"
+    monkeypatch.setenv("QA_STRUCTURED_OUTPUT", "false")
+    offer(monkeypatch, spec)
+    long_turn = "What about unlearning? " + "u" * 879_977  # 880,000 characters: < 1 MB
+    fake_openai.add_text("What is POMP?")  # the condensed question, then the answer
+    history = [
+        {"role": "user", "content": long_turn},
+        {"role": "assistant", "content": "Noted."},
+    ]
+    answer, _ = ask(client, "What is POMP?", history, model="")
+    sizes = [len(json.dumps(r.body)) for r in fake_openai.requests]
+    print("model request sizes for an 880,000-character history message:", sizes)
+    assert len(sizes) == 2 and max(sizes) < 40_000, sizes
+    assert "ℹ️ An earlier message of 880,000 characters was cut to its first 4,000" in answer
+
+
+def test_an_endless_answer_is_cut_with_a_note(client, monkeypatch, fake_openai):
+    spec = f"openai-compatible:x@{fake_openai.base_url}"
+    monkeypatch.setenv("QA_STRUCTURED_OUTPUT", "false")
+    offer(monkeypatch, spec)
+    fake_openai.add_text("POMP " * 20_000)
+    answer, _ = ask(client, "What is POMP?", model="")
+    text, note = answer.split("\n\nℹ️ ")
+    assert len(text) <= 8000
+    assert note == "The answer was cut at 8,000 characters (QA_MAX_ANSWER_CHARS)."
 
 
 # ---------------------------------------------------------------- helpers (no server)
