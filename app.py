@@ -47,14 +47,21 @@ EXAMPLES = [
     "How does MiniLLM distil knowledge from large language models?",
 ]
 SNIPPET_CHARS = 420
+# The conversation is kept in the visitor's browser (localStorage) so it survives a refresh
+# and a server restart. Gradio encrypts BrowserState with this key; a fixed key is what lets
+# a restarted server read it back. It is no security boundary: the value is the visitor's
+# own conversation, re-checked on restore like any other input (`restore_conversation`).
+CONVERSATION_KEY = "arxiv-qa-conversation"
 THINKING = "_Searching the abstracts…_"
 WARNING = "⚠️ "
 NOTE = "ℹ️ "  # a note after an answer (something was cut to fit a bound); not history
 
 _MARKER = re.compile(rf"(\[arXiv:{ARXIV_ID}\])")
 _LINKED_MARKER = re.compile(rf"\[arXiv:({ARXIV_ID})\]\(https://arxiv\.org/abs/[^)\s]+\)")
-_MD_SPECIAL = re.compile(r"([\\\[\]])")
-_MD_ESCAPED = re.compile(r"\\([\\\[\]])")
+# Backslash-escaped so Markdown finds no link, image or autolink: `\`, `[`, `]`, `@` (e-mail
+# autolinks), the `:` of `scheme://` and the `.` of `www.` (GFM's bare-URL autolinks).
+_MD_SPECIAL = re.compile(r"([\\\[\]@]|:(?=//)|(?<=www)\.)", re.IGNORECASE)
+_MD_ESCAPED = re.compile(r"\\([\\\[\]@:.])")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
 _STOP = frozenset(
     {"the", "and", "for", "with", "that", "this", "from", "are", "was", "were", "what", "which"}
@@ -88,8 +95,9 @@ def esc(text: object) -> str:
 
 
 def inert_markdown(text: str) -> str:
-    """Chat markdown for untrusted text: HTML escaped, `[`/`]` escaped so the text cannot form
-    links or images, and only our own `[arXiv:ID]` markers turned into arXiv links."""
+    """Chat markdown for untrusted text: HTML escaped, Markdown's link makers escaped (`[`,
+    `]`, bare URLs, e-mail addresses) so the text forms no link or image, and only our own
+    `[arXiv:ID]` markers turned into arXiv links."""
     parts = _MARKER.split(text)
     out = []
     for i, part in enumerate(parts):
@@ -330,10 +338,27 @@ def _handlers(current: Callable[[], Settings]):
     def status() -> Iterator[str]:
         yield from index_status(current())
 
-    def clear() -> tuple[list, str, str]:
-        return [], "", sources_html(Answer(text=""))
+    def clear() -> tuple[list, str, str, list]:
+        return [], "", sources_html(Answer(text="")), []
 
-    return chat, ask, status, clear
+    def restore(saved: object) -> list[dict]:
+        return restore_conversation(saved, current())
+
+    return chat, ask, status, clear, restore
+
+
+def restore_conversation(saved: object, settings: Settings) -> list[dict]:
+    """The conversation saved in this browser, shown again: checked like any visitor input
+    (text only, re-escaped, placeholders and notices left out) and, newest first, no more
+    than half of QA_MAX_REQUEST_BYTES, so the next question still fits in a request."""
+    turns = plain_history(saved if isinstance(saved, list) else [])
+    kept, total = [], 0
+    for turn in reversed(turns):
+        total += len(turn["content"])
+        if total > settings.max_request_bytes // 2:
+            break
+        kept.append({"role": turn["role"], "content": inert_markdown(turn["content"])})
+    return kept[::-1]
 
 
 def build_demo(settings: Settings | None = None) -> gr.Blocks:
@@ -345,7 +370,7 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
 
     initial = current()
     limit = initial.concurrency_limit
-    chat, ask, status, clear = _handlers(current)
+    chat, ask, status, clear, restore = _handlers(current)
     choices = offered(initial)
 
     with gr.Blocks(title="arxiv-qa", analytics_enabled=False) as demo:
@@ -417,6 +442,7 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
                     padding=True,
                 )
 
+        saved = gr.BrowserState([], storage_key=CONVERSATION_KEY, secret=CONVERSATION_KEY)
         gr.on(
             [question.submit, send.click],
             chat,
@@ -427,8 +453,14 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
             concurrency_limit=limit,
             concurrency_id="answer",
             show_progress="minimal",
+        ).then(lambda c: c, inputs=[chatbot], outputs=[saved], api_visibility="private")
+        gr.on(
+            [new_chat.click, chatbot.clear],
+            clear,
+            outputs=[chatbot, question, sources, saved],
+            api_visibility="private",
         )
-        new_chat.click(clear, outputs=[chatbot, question, sources], api_visibility="private")
+        demo.load(restore, inputs=[saved], outputs=[chatbot], api_visibility="private")
         demo.load(status, outputs=[status_line], api_visibility="private")
         gr.api(ask, api_name="ask", concurrency_limit=limit, concurrency_id="answer")
     demo.queue(default_concurrency_limit=limit)
