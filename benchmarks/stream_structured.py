@@ -2,9 +2,10 @@
 
 A fake model stream yields a JSON answer of N sentences (about 25 words each, one citation)
 in token-sized chunks (4 characters); the script prints the time until the whole answer has
-been shown and the time of the raw stream alone. Run it against another tree to compare:
+been shown and the time of the raw stream alone. Run it from the repo root, and against
+another tree to compare:
 
-    python benchmarks/stream_structured.py --sentences 400
+    PYTHONPATH=. python benchmarks/stream_structured.py --sentences 400
     PYTHONPATH=/path/to/other/tree python benchmarks/stream_structured.py --sentences 400
 """
 
