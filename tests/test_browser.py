@@ -296,11 +296,14 @@ def test_conversation_survives_refresh_and_restart_and_clear_empties_everything(
     ask(page, "What datasets did they evaluate on?", answers_before=1)  # history still works
     assert "2304.04704" in page.inner_text("#sources .qa-query")
 
-    page.click("#new-chat")
-    page.wait_for_function(
-        "document.querySelector('#sources').innerText.includes('Ask a question to see papers')"
-    )
-    assert page.locator('#chat [data-testid="bot"]').count() == 0
+    for clear_button in ('#chat button[aria-label="Clear"]', "#new-chat"):  # both clear all
+        if clear_button == "#new-chat":
+            ask(page, "What is POMP?")
+        page.click(clear_button)
+        page.wait_for_function(
+            "document.querySelector('#sources').innerText.includes('Ask a question to see papers')"
+        )
+        assert page.locator('#chat [data-testid="bot"]').count() == 0
     page.wait_for_timeout(500)
     page.reload(wait_until="load")
     page.wait_for_selector("#question textarea")
