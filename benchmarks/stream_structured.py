@@ -19,10 +19,29 @@ import time
 from qa.chain import _stream_structured
 from qa.corpus import Paper
 
-WORDS = (
-    "prompt pre-training condenses semantic information from twenty thousand visual "
-    "concepts into a soft prompt that transfers to segmentation and detection tasks"
-).split()
+WORDS = [
+    "prompt",
+    "pre-training",
+    "condenses",
+    "semantic",
+    "information",
+    "from",
+    "twenty",
+    "thousand",
+    "visual",
+    "concepts",
+    "into",
+    "a",
+    "soft",
+    "prompt",
+    "that",
+    "transfers",
+    "to",
+    "segmentation",
+    "and",
+    "detection",
+    "tasks",
+]
 
 
 class FakeStream:

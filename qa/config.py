@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -142,17 +143,16 @@ class Settings(BaseSettings):
             split_auth(value.get_secret_value())
         return value
 
-    @field_validator("model")
+    @field_validator("model", "models")
     @classmethod
-    def _known_model(cls, value: str) -> str:
-        _check_model_spec(value)
-        return value
+    def _known_models(cls, value: str | list[str]) -> str | list[str]:
+        from qa.models import ModelError, parse_spec
 
-    @field_validator("models")
-    @classmethod
-    def _known_models(cls, value: list[str]) -> list[str]:
-        for spec in value:
-            _check_model_spec(spec)
+        for spec in [value] if isinstance(value, str) else value:
+            try:
+                parse_spec(spec)
+            except ModelError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("embeddings")
@@ -191,15 +191,6 @@ def split_auth(value: str) -> tuple[str, str]:
     return user, password
 
 
-def _check_model_spec(spec: str) -> None:
-    from qa.models import ModelError, parse_spec
-
-    try:
-        parse_spec(spec)
-    except ModelError as exc:
-        raise ValueError(str(exc)) from None
-
-
 class SettingsError(ValueError):
     """An invalid setting (or flag, or argument): one line naming it, what it must be, and
     the value given (never for a secret)."""
@@ -236,7 +227,8 @@ def expectation(field: str) -> str:
 
 
 def _shown(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)
+    """A given value for a message: short, and without a login inside a URL."""
+    text = re.sub(r"(?<=://)[^/@\s]+@", "", value if isinstance(value, str) else repr(value))
     text = text if len(text) <= 60 else text[:57] + "..."
     return json.dumps(text, ensure_ascii=False) if isinstance(value, str) else text
 

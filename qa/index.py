@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -264,6 +265,7 @@ def _heartbeat(url: str) -> None:
 
 
 def _not_chroma(url: str, why: str) -> str:
+    url = re.sub(r"(?<=://)[^/@\s]+@", "", url)  # no login in a message
     return (
         f"QA_CHROMA_URL={url} is not a Chroma server ({why}); point QA_CHROMA_URL at a "
         "`chroma run` server, or unset it to use the embedded index"
