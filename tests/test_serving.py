@@ -190,8 +190,10 @@ def test_busy_port_and_bad_host_name_the_variable(tmp_path):
 
 
 def test_qa_serve_starts_and_answers(tmp_path):
+    """`qa serve` with another tool's secret in `.env`: it serves, and never prints it."""
     from gradio_client import Client
 
+    (tmp_path / ".env").write_text(f"HF_TOKEN={SECRET}\n", encoding="utf-8")
     port = free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
@@ -220,3 +222,4 @@ def test_qa_serve_starts_and_answers(tmp_path):
             proc.wait(timeout=30)
     assert "https://arxiv.org/abs/2304.04704" in answer and sources
     assert f"serving on http://127.0.0.1:{port}" in log.read_text()
+    assert SECRET not in log.read_text() + answer + str(sources)
