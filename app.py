@@ -2,17 +2,21 @@
 
 `demo` is a module-level `gr.Blocks`, so tests (and `gradio app.py`) can import and launch it;
 `python app.py` builds the index on first start (console progress bar) and then serves on
-QA_HOST:QA_PORT (127.0.0.1:7860), behind a login when QA_AUTH=user:password is set.
+QA_HOST:QA_PORT (127.0.0.1:7860), behind a login when QA_AUTH=user:password is set. A bad
+setting or a start-up problem ends it with one line naming the variable (exit status 2).
 
 Everything that comes from an abstract or a model is rendered inert: chat text is HTML-escaped
-and its brackets are escaped so it cannot form links or images (only our own `[arXiv:ID]`
-markers become links), the Chatbot keeps Gradio's HTML sanitiser on, and the sources panel is
-built from escaped text only.
+and Markdown's link makers are escaped so it cannot form links, autolinks or images (only our
+own `[arXiv:ID]` markers become links), the Chatbot keeps Gradio's HTML sanitiser on, and the
+sources panel is built from escaped text only. Visitors choose among the operator's models
+(qa/policy.py); every input is bounded by a setting (qa/config.py, qa/serving.py). The
+conversation is kept in the browser, so it survives a refresh and a server restart.
 
 Two endpoints for scripts (`gradio_client`):
 - `/ask(message, history, model, k) -> (answer_markdown, sources)`: the documented one;
-  `history` is `[{"role", "content"}]`, `sources` a list of dicts (arxiv_id, title, url,
-  snippet, score, cited). `client.submit(...)` streams the growing answer.
+  `history` is `[{"role", "content"}]`, `model` one of QA_MODELS ("" = the first), `k` 1–50
+  (None = QA_K), `sources` a list of dicts (arxiv_id, title, url, snippet, score, cited).
+  `client.submit(...)` streams the growing answer.
 - `/chat`: the UI's own event (textbox, chatbot, model, k), callable but undocumented.
 """
 
@@ -291,7 +295,7 @@ def index_status(settings: Settings) -> Iterator[str]:
             yield "Building the paper index from the bundled abstracts (first start)…"
         index = ensure_index(settings, progress=True)
         papers = count_papers(index)
-    except IndexUnavailable as exc:
+    except (IndexUnavailable, EmbeddingsUnavailable) as exc:
         yield f"{WARNING}The paper index is unavailable: {esc(exc)}"
         return
     except Exception as exc:  # keep the page usable; the chat will report details per question
