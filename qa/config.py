@@ -269,7 +269,12 @@ def unknown_variables(env_file: Path | str = ".env") -> list[str]:
     """`QA_*` names in the environment or `.env` that are no setting, each with a suggestion."""
     from dotenv import dotenv_values
 
-    known = {env_name(f) for f in Settings.model_fields}
+    known = {env_name(f) for f in Settings.model_fields} | {
+        str(name).upper()
+        for info in Settings.model_fields.values()
+        if isinstance(info.validation_alias, AliasChoices)
+        for name in info.validation_alias.choices
+    }
     names = {n.upper() for n in os.environ if n.upper().startswith("QA_")}
     if Path(env_file).is_file():
         names |= {n.upper() for n in dotenv_values(env_file) if n.upper().startswith("QA_")}

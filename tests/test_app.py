@@ -358,6 +358,16 @@ def _secrets_in(requests) -> list[str]:
     return [key for key in (SERVER_KEY, OPENAI_KEY) if key in seen]
 
 
+def test_the_model_menu_offers_exactly_the_operators_models(monkeypatch):
+    offer(monkeypatch, "ollama:llama3.2", "openai-compatible:m@http://bob:pw@127.0.0.1:9/v1")
+    demo = app.build_demo()
+    (menu,) = [c for c in demo.config["components"] if c["props"].get("elem_id") == "model"]
+    shown = ["ollama:llama3.2", "openai-compatible:m@http://127.0.0.1:9/v1"]
+    assert [choice[0] for choice in menu["props"]["choices"]] == shown
+    assert menu["props"]["value"] == "ollama:llama3.2"
+    assert menu["props"]["allow_custom_value"] is False
+
+
 def test_a_model_not_offered_is_refused_and_nothing_reaches_its_url(
     client, monkeypatch, fake_openai
 ):

@@ -100,7 +100,7 @@ def test_ui_entry_points_report_bad_settings_in_one_line(tmp_path, entry, variab
 def test_dotenv_with_other_tools_secrets_is_ignored_and_never_shown(tmp_path):
     (tmp_path / ".env").write_text(
         f"ANTHROPIC_API_KEY={SECRET}\nHF_TOKEN={SECRET}-hf\nDATABASE_URL=postgres://u:{SECRET}@db/x\n"
-        "QA_K=3\n",
+        f"QA_OPENAI_API_KEY={SECRET}-qa\nQA_K=3\n",
         encoding="utf-8",
     )
     result = run([*QA, "ask", "What is POMP?", "--json"], tmp_path, clean_env(tmp_path))
