@@ -141,14 +141,15 @@ def bounded_history(
             text = _content(entry).strip()
             if text:
                 turns.append((role, text))
-    notes, limit = [], settings.max_history_message_chars
-    cut = [(role, text[:limit] + " […]" if len(text) > limit else text) for role, text in turns]
-    for (_, text), (_, kept) in zip(turns, cut, strict=True):
-        if kept is not text:
+    notes, limit, cut = [], settings.max_history_message_chars, []
+    for role, text in turns:
+        if len(text) > limit:
             notes.append(
                 f"An earlier message of {len(text):,} characters was cut to its first "
                 f"{limit:,} (QA_MAX_HISTORY_MESSAGE_CHARS)."
             )
+            text = text[:limit] + " […]"
+        cut.append((role, text))
     kept_turns: list[tuple[str, str]] = []
     total = 0
     for role, text in reversed(cut):  # newest first: older turns go first

@@ -206,6 +206,15 @@ def test_follow_up_in_the_browser_stays_on_the_paper(page, corpus_url):
     assert "21 downstream datasets" in page.inner_text('#chat [data-testid="bot"] >> nth=1')
 
 
+def choose_model(page, spec: str) -> None:
+    """Pick an offered model from the menu (it takes no typed value)."""
+    page.click("#model input")
+    page.get_by_role("option", name=spec, exact=True).click()
+    page.wait_for_function(
+        "spec => document.querySelector('#model input').value === spec", arg=spec
+    )
+
+
 @pytest.fixture(scope="module")
 def two_models_url(launch, tmp_path_factory) -> str:
     """The corpus with two offered models: the stub and OpenAI (no key on this server)."""
@@ -218,14 +227,11 @@ def two_models_url(launch, tmp_path_factory) -> str:
 def test_model_error_shows_in_the_chat_and_the_ui_recovers(page, two_models_url, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     open_app(page, two_models_url)
-    model = page.locator("#model input")
-    model.fill("openai:gpt-4o-mini")
-    model.press("Enter")
+    choose_model(page, "openai:gpt-4o-mini")
     ask(page, VOICE_QUESTION)
     message = page.inner_text('#chat [data-testid="bot"]')
     assert "OPENAI_API_KEY" in message and "Traceback" not in message
-    model.fill("stub")
-    model.press("Enter")
+    choose_model(page, "stub")
     ask(page, VOICE_QUESTION, answers_before=1)
     page.wait_for_selector(ANSWER_LINK)
     assert page.locator("#sources .qa-cited").count() >= 1
