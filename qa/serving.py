@@ -57,8 +57,9 @@ def bind_problem(host: str, port: int, exc: OSError) -> str:
 
 class BodyLimit:
     """ASGI middleware: refuse (413) any HTTP request whose body exceeds `max_bytes`, by its
-    Content-Length or, for chunked bodies, as the bytes arrive. Starlette and Gradio bound
-    only uploads (max_file_size), not the JSON of an API call."""
+    Content-Length or, for a body of unannounced length (chunked), by reading at most
+    `max_bytes` of it first. Starlette and Gradio bound only uploads (max_file_size), not the
+    JSON of an API call."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
         self.app = app
@@ -69,30 +70,35 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
-            return
-        seen = 0
-        started = False
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge
-            return message
-
-        async def watched(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, watched)
-        except _TooLarge:
-            if not started:
+        if declared.isdigit():
+            if int(declared) > self.max_bytes:
                 await self._refuse(send)
+                return
+            await self.app(scope, receive, send)
+            return
+        parts, size = [], 0
+        message = await receive()
+        while message["type"] == "http.request":
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > self.max_bytes:
+                await self._refuse(send)
+                return
+            if not message.get("more_body"):
+                break
+            message = await receive()
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            if message["type"] != "http.request":  # the client left while sending
+                return message
+            return {"type": "http.request", "body": b"".join(parts), "more_body": False}
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, send: Send) -> None:
         body = (
@@ -109,7 +115,3 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    """Raised inside `BodyLimit` when a streamed body passes the limit."""
