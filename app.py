@@ -245,7 +245,7 @@ def answer_events(
     """(growing answer text, None) while streaming, then (final text, Answer). The model is
     the visitor's choice among those the operator offers (qa/policy.py). Every failure
     becomes a readable final Answer with `.error` set, never an exception."""
-    text, spec = "", redact((model or "").strip() or settings.offered_models[0])
+    text, spec = "", redact(str(model or "").strip()[:200] or settings.offered_models[0])
     try:
         spec, model_settings = visitor_model(model, settings)
         for event in stream(message, history, spec, k=k, settings=model_settings):
@@ -258,7 +258,7 @@ def answer_events(
     except (QuestionError, ModelNotOffered, SettingsError) as exc:
         failed = _failure(message, str(exc))
     except ModelError as exc:
-        failed = _failure(message, f"The model {redact(spec)!r} cannot be used: {exc}")
+        failed = _failure(message, f"The model {redact(spec)[:200]!r} cannot be used: {exc}")
     except (IndexUnavailable, EmbeddingsUnavailable) as exc:
         failed = _failure(message, f"The paper index is unavailable: {exc}")
     except Exception as exc:  # the UI must stay usable whatever breaks; details go to the log

@@ -18,6 +18,7 @@ from qa.config import Settings
 from qa.models import ModelError, parse_spec
 
 _URL_USERINFO = re.compile(r"(https?://)[^/@\s]+@")
+MAX_CUSTOM_SPEC_CHARS = 300  # a model name plus a URL; longer is not a spec
 
 
 class ModelNotOffered(ModelError):
@@ -40,7 +41,7 @@ def visitor_model(value: str | None, settings: Settings) -> tuple[str, Settings]
     Blank means the default (the first offered spec). An offered spec may be given in its
     shown (redacted) form. A custom spec gets settings without any API key.
     """
-    value = (value or "").strip()
+    value = str(value or "").strip()
     specs = settings.offered_models
     if not value:
         return specs[0], settings
@@ -52,6 +53,8 @@ def visitor_model(value: str | None, settings: Settings) -> tuple[str, Settings]
             f"The model {redact(value)[:200]!r} is not offered here; choose one of: "
             f"{', '.join(offered(settings))} (the server's operator lists them in QA_MODELS)."
         )
+    if len(value) > MAX_CUSTOM_SPEC_CHARS:
+        raise ModelNotOffered(f"A model spec has at most {MAX_CUSTOM_SPEC_CHARS} characters.")
     if parse_spec(value).kind == "llamacpp":
         raise ModelNotOffered(
             "Model files on the server (llamacpp:…) cannot be chosen from the web; the "

@@ -614,6 +614,8 @@ def test_visitor_model_maps_the_shown_spec_to_the_operators():
     custom = settings.model_copy(update={"allow_custom_models": True})
     spec, used = visitor_model("ollama:llama3.2@http://10.0.0.1/v1", custom)
     assert used.llm_api_key is None and used.openai_api_key is None
+    with pytest.raises(ModelNotOffered, match="at most 300 characters"):
+        visitor_model("ollama:" + "m" * 900_000, custom)
 
 
 def test_sources_html_escapes_everything_from_abstracts():
