@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+import ijson
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
@@ -23,7 +24,7 @@ from langchain_core.runnables.config import run_in_executor
 from langchain_core.utils.json import parse_partial_json
 
 from qa.citations import StreamGuard, marker_for_key, paper_keys, validate
-from qa.config import PROJECT_ROOT, Settings, get_settings
+from qa.config import PROJECT_ROOT, Settings, get_settings, with_overrides
 from qa.corpus import Paper
 from qa.models import (
     ModelError,
@@ -41,7 +42,6 @@ from qa.wording import refers_back
 log = logging.getLogger(__name__)
 
 PROMPTS_DIR = PROJECT_ROOT / "prompts"
-HISTORY_TURNS = 6  # messages of history shown to the model
 _CHITCHAT = re.compile(
     r"^(hi|hello|hey|hiya|yo|good (morning|afternoon|evening)|thanks?|thank you|ok(ay)?|cool|"
     r"great|nice|bye|goodbye|cheers)\b[^?]*$|^(who|what) are you\W*$|^what can you do\W*$|"
@@ -68,6 +68,7 @@ class Answer:
     dropped_citations: list[str] = field(default_factory=list)
     error: str | None = None
     support: list[SentenceSupport] = field(default_factory=list)  # per sentence, see qa.support
+    notes: list[str] = field(default_factory=list)  # what was cut to fit the bounds
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +82,7 @@ class Answer:
             "dropped_citations": self.dropped_citations,
             "error": self.error,
             "support": [s.to_dict() for s in self.support],
+            "notes": self.notes,
         }
 
 
@@ -121,16 +123,47 @@ def _content(message: Any) -> str:
     return str(content or "")
 
 
-def normalize_history(history: list | None) -> list[BaseMessage]:
-    """`[{"role", "content"}]` → LangChain messages; other roles and empty turns dropped."""
-    messages: list[BaseMessage] = []
-    for entry in history or []:
+def normalize_history(history: list | None, settings: Settings | None = None) -> list[BaseMessage]:
+    """`[{"role", "content"}]` → LangChain messages within the history bounds."""
+    return bounded_history(history, settings or get_settings())[0]
+
+
+def bounded_history(
+    history: list | None, settings: Settings
+) -> tuple[list[BaseMessage], list[str]]:
+    """(messages, notes): user/assistant turns only, the last QA_MAX_HISTORY_TURNS of them,
+    each cut to QA_MAX_HISTORY_MESSAGE_CHARS (noted), then the oldest dropped until the rest
+    fit QA_MAX_HISTORY_CHARS. Whatever a client sends, the model request stays bounded."""
+    if not isinstance(history, list | tuple):
+        history = []
+    turns: list[tuple[str, str]] = []
+    for entry in history[-settings.max_history_turns :] if settings.max_history_turns else []:
         role = entry.get("role") if isinstance(entry, dict) else None
-        text = _content(entry).strip()
-        if not text or role not in ("user", "assistant"):
-            continue
-        messages.append(HumanMessage(text) if role == "user" else AIMessage(text))
-    return messages[-HISTORY_TURNS:]
+        if role in ("user", "assistant"):
+            text = _content(entry).strip()
+            if text:
+                turns.append((role, text))
+    notes, limit, cut = [], settings.max_history_message_chars, []
+    for role, text in turns:
+        if len(text) > limit:
+            notes.append(
+                f"An earlier message of {len(text):,} characters was cut to its first "
+                f"{limit:,} (QA_MAX_HISTORY_MESSAGE_CHARS)."
+            )
+            text = text[:limit] + " […]"
+        cut.append((role, text))
+    kept_turns: list[tuple[str, str]] = []
+    total = 0
+    for role, text in reversed(cut):  # newest first: older turns go first
+        total += len(text)
+        if total > settings.max_history_chars:
+            break
+        kept_turns.append((role, text))
+    messages: list[BaseMessage] = [
+        HumanMessage(text) if role == "user" else AIMessage(text)
+        for role, text in reversed(kept_turns)
+    ]
+    return messages, notes
 
 
 def is_chitchat(question: str) -> bool:
@@ -250,26 +283,37 @@ def _sentences_to_text(sentences: list[dict]) -> str:
 def _stream_structured(
     runnable, inputs: dict, context: list[Paper], raw_text: list[str]
 ) -> Iterator[str]:
-    """Emit each sentence of a JSON answer as soon as the next one starts (or at the end).
+    """Emit each sentence of a JSON answer as soon as its object closes.
 
-    The whole answer, markers unvalidated, goes to `raw_text` so dropped citations are known.
+    ijson reads the chunks as they come, each byte once; re-parsing the growing buffer on
+    every chunk made a 400-sentence answer quadratic (benchmarks/stream_structured.py). The
+    end is parsed once more leniently, for a last sentence cut short by max_tokens. The
+    whole answer, markers unvalidated, goes to `raw_text` so dropped citations are known.
     """
-    raw, emitted = "", 0
+    chunks: list[str] = []
+    done = ijson.sendable_list()
+    parser = ijson.items_coro(done, "sentences.item")
+    emitted = 0
     guard = StreamGuard(context)
     for chunk in runnable.stream(inputs):
-        raw += chunk
-        parsed = parse_partial_json(raw) if raw.strip() else None
-        sentences = parsed.get("sentences", []) if isinstance(parsed, dict) else []
-        complete = sentences[:-1]
-        if len(complete) > emitted:
-            text = _sentences_to_text(complete[emitted:])
+        chunks.append(chunk)
+        if parser is not None and chunk:
+            try:
+                parser.send(chunk.encode())
+            except ijson.JSONError:  # not our JSON (yet): the final parse decides
+                parser = None
+        if done:
+            text = _sentences_to_text(done)
             yield from guard.feed(("" if emitted == 0 else " ") + text)
-            emitted = len(complete)
+            emitted += len(done)
+            del done[:]
+    raw = "".join(chunks)
     parsed = parse_partial_json(raw) if raw.strip() else None
     if not isinstance(parsed, dict):
         raise ModelError("the model did not return the JSON answer it was asked for")
-    raw_text.append(_sentences_to_text(parsed.get("sentences", [])))
-    rest = parsed.get("sentences", [])[emitted:]
+    sentences = parsed.get("sentences", [])
+    raw_text.append(_sentences_to_text(sentences))
+    rest = sentences[emitted:]
     if rest:
         yield from guard.feed(("" if emitted == 0 else " ") + _sentences_to_text(rest))
     yield from guard.flush()
@@ -287,12 +331,16 @@ def stream(
     settings: Settings | None = None,
     structured: bool | None = None,
 ) -> Iterator[str | Answer]:
-    """`qa.stream`: answer text as it is generated, then the final `Answer`."""
-    settings = settings or get_settings()
+    """`qa.stream`: answer text as it is generated, then the final `Answer`.
+
+    `k` is validated like QA_K (SettingsError "k: must be an integer between 1 and 50").
+    """
+    settings = with_overrides(settings or get_settings(), k=k)
     spec = model or settings.model
     question = clean_question(question, settings)
-    messages = normalize_history(history)
+    messages, notes = bounded_history(history, settings)
     answer = Answer(text="", question=question, standalone_question=question, model=spec)
+    answer.notes = notes
 
     if is_chitchat(question):
         answer.text, answer.abstained = CHITCHAT_REPLY, True
@@ -308,7 +356,7 @@ def stream(
         yield from _whole(answer)
         return
     answer.standalone_question = standalone
-    hits = retrieve(search, k or settings.k, settings=settings)
+    hits = retrieve(search, settings.k, settings=settings)
     answer.sources = hits
 
     missing = unknown_ids(question, hits)
@@ -333,10 +381,9 @@ def stream(
         else:
             chain = _answer_prompt() | llm | StrOutputParser()
             pieces = _guarded(chain, inputs, StreamGuard(context), raw_parts)
-        for piece in pieces:
-            if piece:
-                shown.append(piece)
-                yield piece
+        for piece in _capped(pieces, settings.max_answer_chars, answer.notes):
+            shown.append(piece)
+            yield piece
     except Exception as exc:  # mid-stream failure: keep what was shown and the sources
         answer.error = explain_error(exc, spec, settings)
         log.warning("model error: %s", answer.error)
@@ -353,6 +400,22 @@ def stream(
         answer.text = "The model returned an empty answer."
     answer.support = check_support(answer.text, context)
     yield answer
+
+
+def _capped(pieces: Generator[str, None, None], limit: int, notes: list[str]) -> Iterator[str]:
+    """The non-empty pieces up to `limit` characters in all; past it the model's stream is
+    closed and a note says so (a server that ignores max_tokens cannot stream forever)."""
+    used = 0
+    for piece in pieces:
+        if used + len(piece) > limit:
+            if piece[: limit - used]:
+                yield piece[: limit - used]
+            notes.append(f"The answer was cut at {limit:,} characters (QA_MAX_ANSWER_CHARS).")
+            pieces.close()
+            return
+        used += len(piece)
+        if piece:
+            yield piece
 
 
 def _whole(answer: Answer) -> Iterator[str | Answer]:

@@ -14,28 +14,33 @@ import os
 import sys
 from collections.abc import Sequence
 
-from qa.config import Settings, get_settings
+from qa.config import Settings, SettingsError, get_settings, with_overrides
 
 EXIT_USER_ERROR = 2
+FLAGS = ("model", "k", "embeddings", "host", "port")  # flags that override a setting
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    """Settings with this run's flags applied."""
-    overrides = {
-        name: getattr(args, name)
-        for name in ("model", "k", "embeddings")
-        if getattr(args, name, None) is not None
-    }
-    return get_settings().model_copy(update=overrides)
+    """Settings with this run's flags applied, validated like the variables they override."""
+    values = {name: getattr(args, name, None) for name in FLAGS}
+    return with_overrides(get_settings(), {n: f"--{n}" for n in FLAGS}, **values)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from qa.chain import QuestionError
     from qa.corpus import CorpusError
+    from qa.embeddings import EmbeddingsUnavailable
     from qa.index import IndexUnavailable
     from qa.models import ModelError
 
-    return (QuestionError, CorpusError, IndexUnavailable, ModelError)
+    return (
+        QuestionError,
+        CorpusError,
+        IndexUnavailable,
+        ModelError,
+        SettingsError,
+        EmbeddingsUnavailable,
+    )
 
 
 # ---------------------------------------------------------------- subcommands
@@ -78,12 +83,14 @@ def _stream_answer(question: str, history: list, settings: Settings, as_json: bo
     from qa.chain import Answer, stream
 
     final = None
-    for event in stream(question, history, settings.model, k=settings.k, settings=settings):
+    for event in stream(question, history, settings.model, settings=settings):
         if isinstance(event, Answer):
             final = event
         elif not as_json:
             print(event, end="", flush=True)
     _print_answer(final, as_json)
+    for note in final.notes:
+        print(f"note: {note}", file=sys.stderr)
     return final
 
 
@@ -118,7 +125,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Launch app.py's UI (it lives beside the package, as Gradio demos do)."""
+    """Serve app.py's UI (it lives beside the package, as Gradio demos do); the settings
+    and flags are checked before Gradio loads."""
     import importlib.util
 
     from qa.config import PROJECT_ROOT
@@ -126,10 +134,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.mcp:  # before app.py builds its Blocks: the MCP tools are part of them
         os.environ["QA_MCP"] = "true"
         get_settings.cache_clear()
+    settings = _settings(args)
     spec = importlib.util.spec_from_file_location("app", PROJECT_ROOT / "app.py")
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
-    app.launch(host=args.host, port=args.port)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    app.serve(settings)
     return 0
 
 
@@ -238,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        get_settings()  # every command: a bad setting is one line before anything starts
         return args.func(args)
     except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -56,6 +56,10 @@ class ModelFileError(RuntimeError):
     """The local model or tokenizer file is missing or not the pinned one."""
 
 
+class EmbeddingsUnavailable(RuntimeError):
+    """The embeddings server (QA_EMBEDDINGS) failed; one line naming the setting, no body."""
+
+
 # ---------------------------------------------------------------- files
 
 
@@ -267,7 +271,43 @@ def _openai_class() -> type:
     class TaggedOpenAIEmbeddings(OpenAIEmbeddings):
         model_id: str = ""
 
+        def embed_documents(self, texts: list[str], **kwargs: Any) -> list[list[float]]:
+            try:
+                return super().embed_documents(texts, **kwargs)
+            except Exception as exc:
+                raise EmbeddingsUnavailable(_server_problem(exc, self)) from exc
+
+        def embed_query(self, text: str, **kwargs: Any) -> list[float]:
+            try:
+                return super().embed_query(text, **kwargs)
+            except Exception as exc:
+                raise EmbeddingsUnavailable(_server_problem(exc, self)) from exc
+
     return TaggedOpenAIEmbeddings
+
+
+def _server_problem(exc: BaseException, model: Any) -> str:
+    """What went wrong with an embeddings server, in one line naming QA_EMBEDDINGS (the
+    server's own reply is never repeated: it may be an HTML page or echo a key)."""
+    where = model.openai_api_base or "https://api.openai.com/v1"
+    status = getattr(exc, "status_code", None)
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if status in (401, 403):
+        problem = f"rejected the API key (HTTP {status}); check OPENAI_API_KEY"
+    elif isinstance(status, int):
+        problem = (
+            f"answered HTTP {status}: is it an OpenAI-compatible embeddings server with a "
+            f"model {model.model!r} (the URL usually ends in /v1)?"
+        )
+    elif names & {"APIConnectionError", "ConnectError", "ConnectionError"}:
+        problem = "cannot be reached: is it running?"
+    else:
+        problem = f"did not answer like an embeddings server ({type(exc).__name__})"
+    message = (
+        f"QA_EMBEDDINGS={model.model_id}: the embeddings server at {where} {problem} "
+        "(the offline default is QA_EMBEDDINGS=minilm)"
+    )
+    return re.sub(r"(?<=://)[^/@\s]+@", "", message)  # no login from a URL
 
 
 def _api_key(settings: Settings) -> str | None:
@@ -354,28 +394,36 @@ def _unknown(spec: str) -> ValueError:
     return ValueError(f"unknown embeddings spec {spec!r}; valid forms: {forms}")
 
 
+def parse_embeddings_spec(spec: str) -> tuple[str, str, str | None]:
+    """(kind, model, base_url) of an embeddings spec; ValueError naming the valid forms.
+
+    Pure (no imports, no I/O), so qa/config.py validates QA_EMBEDDINGS with it at start-up.
+    """
+    kind, _, arg = (spec or "").strip().partition(":")
+    kind, arg = kind.lower(), arg.strip()
+    if kind == "minilm" and not arg:
+        return kind, "", None
+    if not arg or kind not in ("openai", "openai-compatible", "ollama", "sentence-transformers"):
+        raise _unknown(spec)
+    if kind == "openai-compatible":
+        m = _COMPATIBLE.match(arg)
+        if not m:
+            raise _unknown(spec)
+        return kind, m["model"], m["url"]
+    return kind, arg, OLLAMA_URL if kind == "ollama" else None
+
+
 def get_embeddings(spec: str | None = None) -> Embeddings:
     """The embeddings a spec string names (default: `QA_EMBEDDINGS`, i.e. "minilm").
 
     "minilm" returns one shared instance per process, so the ONNX session loads once.
     """
     settings = get_settings()
-    spec = (spec if spec is not None else settings.embeddings).strip()
-    kind, _, arg = spec.partition(":")
-    kind, arg = kind.lower(), arg.strip()
-    if kind == "minilm" and not arg:
+    kind, model, url = parse_embeddings_spec(spec if spec is not None else settings.embeddings)
+    if kind == "minilm":
         return _minilm(settings.embed_batch, settings.embed_threads)
-    if not arg:
-        raise _unknown(spec)
     if kind == "openai":
-        return _openai(arg, settings)
-    if kind == "openai-compatible":
-        m = _COMPATIBLE.match(arg)
-        if not m:
-            raise _unknown(spec)
-        return _openai_compatible(m["model"], m["url"], settings)
-    if kind == "ollama":
-        return _openai_compatible(arg, OLLAMA_URL, settings)
+        return _openai(model, settings)
     if kind == "sentence-transformers":
-        return _sentence_transformers(arg, settings)
-    raise _unknown(spec)
+        return _sentence_transformers(model, settings)
+    return _openai_compatible(model, url, settings)

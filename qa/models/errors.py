@@ -88,7 +88,7 @@ def _explain(exc: BaseException, spec: str, where: str, settings: Settings) -> s
         return f"Cannot talk to the model server at {where}: {type(exc).__name__}."
     if "api_key" in str(exc) and "OpenAIError" in names:
         return missing_key_message(spec)
-    return f"The model call to {where} failed ({type(exc).__name__}: {str(exc)[:200]})."
+    return f"The model call to {where} failed ({type(exc).__name__}: {summarise(str(exc))})."
 
 
 def _is_non_json(exc: BaseException) -> bool:
@@ -136,5 +136,30 @@ def _explain_status(
             f"The model server at {where} failed with HTTP {status} (its own error, still "
             f"after {_retries(settings)}); try again later or check the server's log."
         )
-    detail = str(getattr(exc, "message", "") or exc)[:200]
+    detail = summarise(_body_message(exc))
     return f"The model server at {where} refused the request (HTTP {status}): {detail}"
+
+
+_HTML = re.compile(r"<\s*(!doctype|html|head|body|title|div|p|h1|pre)\b", re.IGNORECASE)
+SUMMARY_CHARS = 160
+
+
+def _body_message(exc: BaseException) -> str:
+    """The error message inside a server's reply (OpenAI's envelope or plain text)."""
+    body = getattr(exc, "body", None)
+    for _ in range(2):  # {"message": …} or {"error": {"message": …}}
+        if isinstance(body, dict):
+            body = body.get("message") or body.get("error") or body.get("detail")
+    return str(body if body is not None else getattr(exc, "message", "") or exc)
+
+
+def summarise(text: str) -> str:
+    """One sanitised line of a remote reply, never the reply itself: an HTML page is named
+    as such, tags and control characters go, and the line is cut to SUMMARY_CHARS."""
+    if _HTML.search(text):
+        return "(an HTML page)"
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    line = " ".join("".join(c for c in re.sub(r"<[^>]*>", "", line) if c.isprintable()).split())
+    if len(line) > SUMMARY_CHARS:
+        line = line[: SUMMARY_CHARS - 1] + "…"
+    return line or "(no details)"
