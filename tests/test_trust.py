@@ -340,6 +340,8 @@ def test_ui_marks_a_weakly_supported_sentence(seeds, fake_openai, monkeypatch):
         "It grounds bounding boxes as Markdown links to build GrIT [arXiv:2304.04704]."
     )
     spec = f"openai-compatible:fake@{fake_openai.base_url}"
+    monkeypatch.setenv("QA_MODELS", spec)  # the operator offers it (qa/policy.py)
+    get_settings.cache_clear()
     *_, (shown, final) = app.answer_events("What is POMP?", [], spec, 5, get_settings())
     assert [s.supported for s in final.support] == [True, False]
     assert shown.count("weakly supported") == 1
