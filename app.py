@@ -2,18 +2,22 @@
 
 `demo` is a module-level `gr.Blocks`, so tests (and `gradio app.py`) can import and launch it;
 `python app.py` builds the index on first start (console progress bar) and then serves on
-QA_HOST:QA_PORT (127.0.0.1:7860), behind a login when QA_AUTH=user:password is set.
+QA_HOST:QA_PORT (127.0.0.1:7860), behind a login when QA_AUTH=user:password is set. A bad
+setting or a start-up problem ends it with one line naming the variable (exit status 2).
 
 Everything that comes from an abstract or a model is rendered inert: chat text is HTML-escaped
-and its brackets are escaped so it cannot form links or images (only our own `[arXiv:ID]`
-markers become links), the Chatbot keeps Gradio's HTML sanitiser on, and the sources panel is
-built from escaped text only.
+and Markdown's link makers are escaped so it cannot form links, autolinks or images (only our
+own `[arXiv:ID]` markers become links), the Chatbot keeps Gradio's HTML sanitiser on, and the
+sources panel is built from escaped text only. Visitors choose among the operator's models
+(qa/policy.py); every input is bounded by a setting (qa/config.py, qa/serving.py). The
+conversation is kept in the browser, so it survives a refresh and a server restart.
 
 Two endpoints for scripts (`gradio_client`):
 - `/ask(message, history, model, k, since, until, categories) -> (answer_markdown, sources)`:
-  the documented one; `history` is `[{"role", "content"}]`, `sources` a list of dicts
-  (arxiv_id, title, url, snippet, score, cited, authors, categories, published); the filters
-  are optional. `client.submit(...)` streams the growing answer.
+  the documented one; `history` is `[{"role", "content"}]`, `model` one of QA_MODELS ("" = the
+  first), `k` 1–50 (None = QA_K), `since`/`until` (YYYY[-MM[-DD]]) and `categories`
+  ("cs.CL,cs.AI") optional filters, `sources` a list of dicts (arxiv_id, title, url, snippet,
+  score, cited, authors, categories, published). `client.submit(...)` streams the answer.
 - `/similar(arxiv_id, k) -> sources_html`: the papers most like one paper.
 - `/chat`: the UI's own event (textbox, chatbot, model, k), callable but undocumented.
 """
@@ -26,24 +30,25 @@ import time
 from collections.abc import Callable, Iterator
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from qa.chain import Answer, QuestionError, stream
 from qa.citations import render_markdown
-from qa.config import Settings, get_settings
+from qa.config import Settings, SettingsError, get_settings, split_auth
 from qa.corpus import ARXIV_ID
+from qa.embeddings import EmbeddingsUnavailable
 from qa.index import Index, IndexUnavailable, ensure_index, open_index
+from qa.mcp_tools import install as install_mcp_tools
+from qa.mcp_tools import with_mcp
 from qa.models import ModelError
+from qa.policy import ModelNotOffered, offered, redact, visitor_model
 from qa.retrieval import Hit
+from qa.serving import BodyLimit, bind_problem, check_bind
 from qa.similarity import UnknownPaper, similar
+from qa.support import mark_weak
 
 log = logging.getLogger("arxiv_qa.app")
 
-MODEL_CHOICES = [
-    "stub",
-    "openai:gpt-4o-mini",
-    "ollama:llama3.2",
-    "llamacpp-server:local",
-]
 EXAMPLES = [
     "Which methods exist for machine unlearning in large language models?",
     "What is POMP and what does it pre-train?",
@@ -52,14 +57,21 @@ EXAMPLES = [
     "How does MiniLLM distil knowledge from large language models?",
 ]
 SNIPPET_CHARS = 420
+# The conversation is kept in the visitor's browser (localStorage) so it survives a refresh
+# and a server restart. Gradio encrypts BrowserState with this key; a fixed key is what lets
+# a restarted server read it back. It is no security boundary: the value is the visitor's
+# own conversation, re-checked on restore like any other input (`restore_conversation`).
+CONVERSATION_KEY = "arxiv-qa-conversation"
 THINKING = "_Searching the abstracts…_"
 WARNING = "⚠️ "
+NOTE = "ℹ️ "  # a note after an answer (something was cut to fit a bound); not history
 
 _MARKER = re.compile(rf"(\[arXiv:{ARXIV_ID}\])")
 _LINKED_MARKER = re.compile(rf"\[arXiv:({ARXIV_ID})\]\(https://arxiv\.org/abs/[^)\s]+\)")
-_MD_SPECIAL = re.compile(r"([\\\[\]])")
-_MD_ESCAPED = re.compile(r"\\([\\\[\]])")
-_URL_USERINFO = re.compile(r"(https?://)[^/@\s]+@")
+# Backslash-escaped so Markdown finds no link, image or autolink: `\`, `[`, `]`, `@` (e-mail
+# autolinks), the `:` of `scheme://` and the `.` of `www.` (GFM's bare-URL autolinks).
+_MD_SPECIAL = re.compile(r"([\\\[\]@]|:(?=//)|(?<=www)\.)", re.IGNORECASE)
+_MD_ESCAPED = re.compile(r"\\([\\\[\]@:.])")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
 _STOP = frozenset(
     {"the", "and", "for", "with", "that", "this", "from", "are", "was", "were", "what", "which"}
@@ -94,8 +106,9 @@ def esc(text: object) -> str:
 
 
 def inert_markdown(text: str) -> str:
-    """Chat markdown for untrusted text: HTML escaped, `[`/`]` escaped so the text cannot form
-    links or images, and only our own `[arXiv:ID]` markers turned into arXiv links."""
+    """Chat markdown for untrusted text: HTML escaped, Markdown's link makers escaped (`[`,
+    `]`, bare URLs, e-mail addresses) so the text forms no link or image, and only our own
+    `[arXiv:ID]` markers turned into arXiv links."""
     parts = _MARKER.split(text)
     out = []
     for i, part in enumerate(parts):
@@ -120,20 +133,15 @@ def plain_text(content: object) -> str:
 
 def plain_history(chat: list | None) -> list[dict[str, str]]:
     """Chatbot messages → `[{"role", "content"}]` with plain-text content; placeholders,
-    error notices and other roles are left out so they do not steer a follow-up."""
+    error notices, notes and other roles are left out so they do not steer a follow-up."""
     history = []
     for message in chat or []:
         if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
             continue
-        text = plain_text(message.get("content", "")).strip()
+        text = plain_text(message.get("content", "")).split(f"\n\n{NOTE}")[0].strip()
         if text and text != plain_text(THINKING) and not text.startswith(WARNING.strip()):
             history.append({"role": message["role"], "content": text})
     return history
-
-
-def redact(spec: str) -> str:
-    """A model spec as shown in the UI: any `user:password@` in a URL removed."""
-    return _URL_USERINFO.sub(r"\1", spec)
 
 
 def _terms(text: str) -> set[str]:
@@ -249,11 +257,11 @@ def ui_filters(since: str, until: str, categories: str) -> dict:
     return {"since": since or None, "until": until or None, "categories": categories or None}
 
 
-def similar_html(arxiv_id: str, k: int, settings: Settings) -> str:
+def similar_html(arxiv_id: str, k: float | None, settings: Settings) -> str:
     """The sources panel listing papers like one paper; bad or unknown IDs say why."""
     try:
-        hits = similar(arxiv_id or "", k, settings=settings)
-    except (UnknownPaper, IndexUnavailable) as exc:
+        hits = similar(str(arxiv_id or "")[:80], k, settings=settings)
+    except (UnknownPaper, IndexUnavailable, SettingsError) as exc:
         return f'<div class="qa-sources"><p class="qa-empty">{esc(exc)}</p></div>'
     items = [_paper_html(h, True, "") for h in hits]
     heading = f"<h4>Papers like {esc(arxiv_id.strip())} ({len(hits)})</h4>"
@@ -270,28 +278,31 @@ def _failure(question: str, message: str) -> Answer:
 def answer_events(
     message: str,
     history: list,
-    spec: str,
-    k: int,
+    model: str | None,
+    k: int | None,
     settings: Settings,
     filters: dict | None = None,
 ) -> Iterator[tuple[str, Answer | None]]:
-    """(growing answer text, None) while streaming, then (final text, Answer). Every failure
-    becomes a readable final Answer with `.error` set, never an exception. `filters`: the
-    since/until/categories the visitor typed (validated by `qa.filters`)."""
-    text = ""
+    """(growing answer text, None) while streaming, then (final text, Answer). The model is
+    the visitor's choice among those the operator offers (qa/policy.py); `filters` are the
+    since/until/categories the visitor typed (checked by qa/filters.py). Every failure
+    becomes a readable final Answer with `.error` set, never an exception."""
+    text, spec = "", redact(str(model or "").strip()[:200] or settings.offered_models[0])
     try:
-        for event in stream(message, history, spec, k=k, settings=settings, **(filters or {})):
+        spec, model_settings = visitor_model(model, settings)
+        events = stream(message, history, spec, k=k, settings=model_settings, **(filters or {}))
+        for event in events:
             if isinstance(event, Answer):  # redact: a server URL in an error may hold a login
                 event.text = redact(event.text)
-                yield event.text, event
+                yield with_notes(mark_weak(event.text, event.support), event.notes), event
                 return
             text += event
             yield redact(text), None
-    except QuestionError as exc:
+    except (QuestionError, ModelNotOffered, SettingsError) as exc:
         failed = _failure(message, str(exc))
     except ModelError as exc:
-        failed = _failure(message, f"The model {redact(spec)!r} cannot be used: {exc}")
-    except IndexUnavailable as exc:
+        failed = _failure(message, f"The model {redact(spec)[:200]!r} cannot be used: {exc}")
+    except (IndexUnavailable, EmbeddingsUnavailable) as exc:
         failed = _failure(message, f"The paper index is unavailable: {exc}")
     except Exception as exc:  # the UI must stay usable whatever breaks; details go to the log
         log.exception("answering %r failed", message[:200])
@@ -305,19 +316,9 @@ def answer_events(
     yield failed.text, failed
 
 
-def resolve_spec(value: str | None, settings: Settings) -> str:
-    """The model spec to use: the UI's value, or the configured one when the box is blank or
-    shows the configured spec in its redacted form."""
-    value = (value or "").strip()
-    if not value or value == redact(settings.model):
-        return settings.model
-    return value
-
-
-def resolve_k(value: float | None, settings: Settings) -> int:
-    if value is None:
-        return settings.k
-    return max(1, min(50, int(value)))
+def with_notes(text: str, notes: list[str]) -> str:
+    """The answer followed by its notes, each a paragraph starting with NOTE."""
+    return "".join([text, *(f"\n\n{NOTE}{note}" for note in notes)])
 
 
 # ---------------------------------------------------------------- index status
@@ -337,7 +338,7 @@ def index_status(settings: Settings) -> Iterator[str]:
             yield "Building the paper index from the bundled abstracts (first start)…"
         index = ensure_index(settings, progress=True)
         papers = count_papers(index)
-    except IndexUnavailable as exc:
+    except (IndexUnavailable, EmbeddingsUnavailable) as exc:
         yield f"{WARNING}The paper index is unavailable: {esc(exc)}"
         return
     except Exception as exc:  # keep the page usable; the chat will report details per question
@@ -372,9 +373,8 @@ def _handlers(current: Callable[[], Settings]):
             messages.append({"role": "user", "content": inert_markdown(message)})
         messages.append({"role": "assistant", "content": THINKING})
         yield "", messages, sources_html(None), ""
-        spec, n = resolve_spec(model, settings), resolve_k(k, settings)
         filters = ui_filters(since, until, categories)
-        for text, final in answer_events(message or "", history, spec, n, settings, filters):
+        for text, final in answer_events(message or "", history, model, k, settings, filters):
             messages[-1] = {"role": "assistant", "content": inert_markdown(text) or THINKING}
             if final:
                 yield "", messages, sources_html(final), final.bibtex()
@@ -387,33 +387,50 @@ def _handlers(current: Callable[[], Settings]):
         message: str,
         history: list | None = None,
         model: str = "",
-        k: int = 0,
+        k: int | None = None,
         since: str = "",
         until: str = "",
         categories: str = "",
     ) -> tuple[str, list]:
         """Answer a question about the indexed arXiv abstracts, with the chat history as
-        [{"role", "content"}] dicts; `since`/`until` (YYYY[-MM[-DD]]) and `categories`
-        (comma-separated, e.g. "cs.CL,cs.AI") restrict the papers. Returns (answer markdown
-        with arXiv links, sources)."""
+        [{"role", "content"}] dicts, one of the offered models ("" = the default) and k
+        papers (None = QA_K); `since`/`until` (YYYY[-MM[-DD]]) and `categories`
+        ("cs.CL,cs.AI") restrict the papers. Returns (answer markdown with arXiv links,
+        sources)."""
         settings = current()
-        turns = plain_history(history)
-        spec, n = resolve_spec(model, settings), resolve_k(k or None, settings)
+        turns = plain_history(history if isinstance(history, list) else [])
         filters = ui_filters(since, until, categories)
-        for text, final in answer_events(message or "", turns, spec, n, settings, filters):
+        for text, final in answer_events(message or "", turns, model, k, settings, filters):
             yield render_markdown(text), (sources_data(final) if final else [])
 
-    def similar_papers(arxiv_id: str, k: float) -> str:
+    def similar_papers(arxiv_id: str, k: float | None = None) -> str:
         """The sources panel listing the papers most like one paper (by arXiv ID)."""
-        return similar_html(arxiv_id, resolve_k(k, current()), current())
+        return similar_html(arxiv_id, k, current())
 
     def status() -> Iterator[str]:
         yield from index_status(current())
 
-    def clear() -> tuple[list, str, str, str]:
-        return [], "", sources_html(Answer(text="")), ""
+    def clear() -> tuple[list, str, str, list, str]:
+        return [], "", sources_html(Answer(text="")), [], ""
 
-    return chat, ask, status, clear, similar_papers
+    def restore(saved: object) -> list[dict]:
+        return restore_conversation(saved, current())
+
+    return chat, ask, status, clear, restore, similar_papers
+
+
+def restore_conversation(saved: object, settings: Settings) -> list[dict]:
+    """The conversation saved in this browser, shown again: checked like any visitor input
+    (text only, re-escaped, placeholders and notices left out) and, newest first, no more
+    than half of QA_MAX_REQUEST_BYTES, so the next question still fits in a request."""
+    turns = plain_history(saved if isinstance(saved, list) else [])
+    kept, total = [], 0
+    for turn in reversed(turns):
+        total += len(turn["content"])
+        if total > settings.max_request_bytes // 2:
+            break
+        kept.append({"role": turn["role"], "content": inert_markdown(turn["content"])})
+    return kept[::-1]
 
 
 def build_demo(settings: Settings | None = None) -> gr.Blocks:
@@ -425,8 +442,8 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
 
     initial = current()
     limit = initial.concurrency_limit
-    chat, ask, status, clear, similar_papers = _handlers(current)
-    choices = list(dict.fromkeys([redact(initial.model), *MODEL_CHOICES]))
+    chat, ask, status, clear, restore, similar_papers = _handlers(current)
+    choices = offered(initial)
 
     with gr.Blocks(title="arxiv-qa", analytics_enabled=False) as demo:
         gr.Markdown(
@@ -467,12 +484,16 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
                 with gr.Accordion("Settings", open=True):
                     model = gr.Dropdown(
                         choices=choices,
-                        value=redact(initial.model),
-                        allow_custom_value=True,
+                        value=choices[0],
+                        allow_custom_value=initial.allow_custom_models,
                         label="Model",
-                        info="stub runs offline; openai:* needs OPENAI_API_KEY on the server; "
-                        "local servers: ollama:<model>, llamacpp-server:<model>, or any "
-                        "openai-compatible:<model>@<base_url>.",
+                        info="The models this server offers (stub runs offline)."
+                        + (
+                            " You may also type a spec such as ollama:<model>@<url>; it runs "
+                            "without the server's keys."
+                            if initial.allow_custom_models
+                            else ""
+                        ),
                         elem_id="model",
                     )
                     k = gr.Slider(
@@ -530,6 +551,7 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
                     elem_id="bibtex",
                 )
 
+        saved = gr.BrowserState([], storage_key=CONVERSATION_KEY, secret=CONVERSATION_KEY)
         gr.on(
             [question.submit, send.click],
             chat,
@@ -540,10 +562,14 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
             concurrency_limit=limit,
             concurrency_id="answer",
             show_progress="minimal",
+        ).then(lambda c: c, inputs=[chatbot], outputs=[saved], api_visibility="private")
+        gr.on(
+            [new_chat.click, chatbot.clear],
+            clear,
+            outputs=[chatbot, question, sources, saved, bibtex],
+            api_visibility="private",
         )
-        new_chat.click(
-            clear, outputs=[chatbot, question, sources, bibtex], api_visibility="private"
-        )
+        demo.load(restore, inputs=[saved], outputs=[chatbot], api_visibility="private")
         gr.on(
             [similar_id.submit, similar_button.click],
             similar_papers,
@@ -555,57 +581,78 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
         )
         demo.load(status, outputs=[status_line], api_visibility="private")
         gr.api(ask, api_name="ask", concurrency_limit=limit, concurrency_id="answer")
+        if initial.mcp:  # QA_MCP: the agents' tools (qa/mcp_tools.py)
+            install_mcp_tools(demo, current)
     demo.queue(default_concurrency_limit=limit)
     return demo
 
 
 def parse_auth(auth: object) -> tuple[str, str] | None:
-    """QA_AUTH=user:password → (user, password); the password may itself contain ':'."""
+    """QA_AUTH=user:password → (user, password) (checked when the settings are read)."""
     if auth is None:
         return None
     value = auth.get_secret_value() if hasattr(auth, "get_secret_value") else str(auth)
-    user, sep, password = value.partition(":")
-    if not sep or not user or not password:
-        raise ValueError("QA_AUTH must look like user:password")
-    return user, password
+    return split_auth(value)
 
 
 def launch_options(settings: Settings) -> dict:
-    """`demo.launch()` arguments from the settings (host, port, optional login)."""
-    return {
+    """`demo.launch()` arguments from the settings: host, port, optional login, and the
+    bounds on what a visitor may send (request bodies, uploads: the app takes none)."""
+    options = {
         "server_name": settings.host,
         "server_port": settings.port,
         "auth": parse_auth(settings.auth),
         "auth_message": "arxiv-qa: log in with the QA_AUTH credentials." if settings.auth else None,
         "show_error": False,
+        "max_file_size": settings.max_upload_bytes,
+        "app_kwargs": {"middleware": [Middleware(BodyLimit, max_bytes=settings.max_request_bytes)]},
     }
+    return with_mcp(settings, options)
 
 
-demo = build_demo()
+def serve(settings: Settings, **extra: object) -> None:
+    """Check the address, build the index if it is missing (progress bar), then serve.
 
-
-def main() -> None:
-    """`python app.py`: build the index if it is missing (with a progress bar), then serve."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    settings = get_settings()
-    try:
-        options = launch_options(settings)
-    except ValueError as exc:
-        sys.exit(f"arxiv-qa: {exc}")
+    Problems the operator can fix raise SettingsError, IndexUnavailable or
+    EmbeddingsUnavailable with one line naming the variable; `extra` goes to `launch()`.
+    """
+    options = {**launch_options(settings), **extra}
+    check_bind(settings.host, settings.port)
     print("arxiv-qa: opening the paper index…", flush=True)
     start = time.perf_counter()
-    try:
-        index = ensure_index(settings, progress=True)
-    except IndexUnavailable as exc:
-        sys.exit(f"arxiv-qa: {exc}")
+    index = ensure_index(settings, progress=True)
     print(
         f"arxiv-qa: {count_papers(index):,} papers ready in {time.perf_counter() - start:.1f} s; "
         f"serving on http://{settings.host}:{settings.port}"
         + (" (login required)" if settings.auth else ""),
         flush=True,
     )
-    demo.launch(**options)
+    try:
+        demo.launch(**options)
+    except OSError as exc:  # taken since the check; Gradio's message names GRADIO_SERVER_PORT
+        raise SettingsError(bind_problem(settings.host, settings.port, exc)) from None
+
+
+def exit_with(exc: Exception) -> None:
+    """One line on stderr and exit status 2: how `python app.py` reports what to fix."""
+    print(f"arxiv-qa: error: {exc}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+try:
+    demo = build_demo()
+except SettingsError as exc:  # a bad setting at import (`python app.py`, `gradio app.py`)
+    exit_with(exc)
+
+
+def main() -> None:
+    """`python app.py`: serve with the settings from the environment and `.env`."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    try:
+        serve(get_settings())
+    except (SettingsError, IndexUnavailable, EmbeddingsUnavailable) as exc:
+        exit_with(exc)
 
 
 if __name__ == "__main__":

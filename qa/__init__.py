@@ -1,7 +1,7 @@
 """arxiv-qa: question answering over arXiv abstracts with validated arXiv-ID citations.
 
 The public API (see README): `load_corpus`, `build_index`, `retrieve`, `ask`, `stream`,
-`similar`, `bibtex`, `fetch`.
+`similar`, `bibtex`, `fetch`, `as_retriever`, `check_support`.
 Imports are lazy so `import qa` stays fast and `qa --help` does not load Chroma or ONNX.
 """
 
@@ -25,6 +25,8 @@ _EXPORTS = {
     "Filters": "qa.filters",
     "fetch": "qa.arxiv_api",
     "parse_arxiv_id": "qa.arxiv_ids",
+    "as_retriever": "qa.retriever",
+    "check_support": "qa.support",
     "Settings": "qa.config",
     "get_settings": "qa.config",
 }

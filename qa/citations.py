@@ -25,6 +25,8 @@ MARKER_GROUP = re.compile(
 )
 _REF = re.compile(rf"(?:arXiv:\s*)?({ARXIV_ID})(?:v\d+)?|ref:\s*(h[0-9a-f]{{12}})", re.IGNORECASE)
 ABS_URL = "https://arxiv.org/abs/{}"
+# The same marker twice or more in a row (`[arXiv:X][arXiv:X]`) is shown once.
+_REPEATED = re.compile(r"(\[(?:arXiv|ref):[^\]\s]+\])(?:\s*\1)+")
 
 
 def paper_keys(group: str) -> list[str]:
@@ -47,7 +49,7 @@ class Validated:
 def validate(text: str, context: Iterable[Paper]) -> Validated:
     """Keep markers of context papers (normalised), drop all others; cited papers in order."""
     result = _filter_markers(text, context)
-    result.text = result.text.strip()
+    result.text = _REPEATED.sub(r"\1", result.text).strip()
     return result
 
 

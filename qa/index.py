@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -266,13 +267,32 @@ def make_client(settings: Settings, fresh: bool = False) -> chromadb.ClientAPI:
 
 def _heartbeat(url: str) -> None:
     """Ask the server for a heartbeat first: a hung server fails here within the timeout
-    (chromadb's own client would wait forever)."""
+    (chromadb's own client would wait forever), and a server that is not Chroma (an HTTP
+    error, an HTML page) is named as such instead of showing its reply."""
+    import json
+    import urllib.error
     import urllib.request
 
-    with urllib.request.urlopen(
-        url.rstrip("/") + "/api/v2/heartbeat", timeout=CHROMA_TIMEOUT_SECONDS
-    ) as response:
-        response.read()
+    endpoint = url.rstrip("/") + "/api/v2/heartbeat"
+    try:
+        with urllib.request.urlopen(endpoint, timeout=CHROMA_TIMEOUT_SECONDS) as response:
+            body = response.read(4096)
+    except urllib.error.HTTPError as exc:
+        raise IndexUnavailable(_not_chroma(url, f"HTTP {exc.code} at /api/v2/heartbeat")) from None
+    try:
+        beat = json.loads(body)
+    except ValueError:
+        beat = None
+    if not isinstance(beat, dict) or "nanosecond heartbeat" not in beat:
+        raise IndexUnavailable(_not_chroma(url, "its /api/v2/heartbeat is not Chroma's"))
+
+
+def _not_chroma(url: str, why: str) -> str:
+    url = re.sub(r"(?<=://)[^/@\s]+@", "", url)  # no login in a message
+    return (
+        f"QA_CHROMA_URL={url} is not a Chroma server ({why}); point QA_CHROMA_URL at a "
+        "`chroma run` server, or unset it to use the embedded index"
+    )
 
 
 def _bound_http_timeout(client: chromadb.ClientAPI) -> None:

@@ -33,6 +33,7 @@ from qa.config import Settings, get_settings
 from qa.corpus import Paper
 from qa.filters import FilterMasks, Filters
 from qa.index import Index, ensure_index, open_index
+from qa.wording import american_spelling, normalize_question, split_scripts
 
 log = logging.getLogger(__name__)
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it forces DEBUG on itself
@@ -79,12 +80,22 @@ _STOPWORDS = frozenset(STOPWORDS_EN)
 _STEMMERS = threading.local()  # PyStemmer objects are not thread-safe
 
 
+# In the saved keyword index's name, so a new tokeniser rebuilds it (t2: scripts split,
+# British spellings folded).
+TOKENIZER = "t2"
+
+
 def stems(text: str) -> list[str]:
-    """Lower-cased, stop-word-free, Snowball-stemmed words: the keyword index's tokens."""
+    """Lower-cased, stop-word-free, Snowball-stemmed words: the keyword index's tokens.
+
+    Scripts are split first, so a Latin term glued to CJK text (`什么是POMP`) is its own word,
+    and British spellings folded into American ones ("initialise" finds "initialize").
+    """
     stemmer = getattr(_STEMMERS, "stemmer", None)
     if stemmer is None:
         stemmer = _STEMMERS.stemmer = Stemmer.Stemmer("english")
-    return stemmer.stemWords([w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS])
+    words = _WORD.findall(american_spelling(split_scripts(text).lower()))
+    return stemmer.stemWords([w for w in words if w not in _STOPWORDS])
 
 
 @dataclass
@@ -207,7 +218,8 @@ class KeywordIndex:
 def _cache_dir(index: Index, revision: int, count: int) -> Path:
     """Where the keyword index for this collection state lives (hidden: not Chroma's)."""
     where = index.settings.chroma_url or "embedded"
-    tag = hashlib.sha1(f"{where}|{index.settings.collection}".encode()).hexdigest()[:10]
+    key = f"{where}|{index.settings.collection}|{TOKENIZER}"
+    tag = hashlib.sha1(key.encode()).hexdigest()[:10]
     return index.settings.persist_dir / ".keyword-index" / f"{tag}-r{revision}-n{count}"
 
 
@@ -290,7 +302,7 @@ class Retriever:
         named = {m.group(1) for m in _ID_IN_TEXT.finditer(question)}
         known = self.index.papers(sorted(named)) if named else {}
         pinned = {key for key, p in known.items() if not filters or filters.matches(p)}
-        query = _ID_IN_TEXT.sub(" ", question)
+        query = normalize_question(_ID_IN_TEXT.sub(" ", question))
         query_stems = stems(query)
         keyword = self.keyword(query_stems, n, filters)  # also refreshes the index snapshot
         top_kw = keyword.top if mode != "dense" else {}
@@ -424,16 +436,3 @@ def retrieve(
         return []
     retriever = get_retriever(settings)
     return retriever.retrieve(question, k or settings.k, mode, settings, filters or None)
-
-
-def relevance(hit: Hit) -> float:
-    """How well a hit answers: its dense similarity and how much of the question it covers."""
-    return 0.5 * hit.dense + 0.5 * hit.coverage
-
-
-def is_relevant(hits: list[Hit], settings: Settings | None = None) -> bool:
-    """Does the best hit clear the abstention threshold (calibrated by `qa eval`)?"""
-    settings = settings or get_settings()
-    return bool(hits) and (
-        hits[0].pinned or max(relevance(h) for h in hits) >= settings.abstain_threshold
-    )

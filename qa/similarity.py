@@ -13,7 +13,7 @@ from datetime import date
 import numpy as np
 
 from qa.arxiv_ids import ArxivIdError, normalize_id
-from qa.config import Settings, get_settings
+from qa.config import Settings, get_settings, with_overrides
 from qa.filters import Filters
 from qa.retrieval import Hit, get_retriever
 
@@ -44,8 +44,8 @@ def similar(
     authors: str | list[str] | None = None,
 ) -> list[Hit]:
     """`qa.similar`: the k papers most like this one (itself excluded), best first."""
-    settings = settings or get_settings()
-    k = k or settings.k
+    settings = with_overrides(settings or get_settings(), k=k)  # k checked like QA_K
+    k = settings.k
     key = paper_key(arxiv_id)
     index = get_retriever(settings).index
     own = index.call(index.collection.get, where={"key": key}, include=["embeddings"])

@@ -43,7 +43,8 @@ ANSWER_LINK = '#chat [data-testid="bot"] a[href^="https://arxiv.org/abs/"]'
 XSS_ID = "2401.99999"
 XSS_ABSTRACT = (
     "Quokka lattice distillation <img src=x onerror=alert(1)> compresses sparse retrieval "
-    "indexes for quokka lattices <script>alert(2)</script> without losing recall. "
+    "indexes for quokka lattices <script>alert(2)</script> without losing recall, see "
+    "https://evil.example/q, www.evil.example, <https://auto.example> or quokka@evil.example. "
     "The quokka lattice method renders ${alert(3)} and {{constructor.constructor('alert(4)')()}} "
     "as plain text [click](javascript:alert(5)) and ![pixel](x) too."
 )
@@ -72,10 +73,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def settings_for(persist_dir: Path):
+def settings_for(persist_dir: Path, **extra):
     from qa.config import Settings
 
-    return Settings(persist_dir=persist_dir, openai_api_key=None, model="stub", auth=None)
+    return Settings(persist_dir=persist_dir, openai_api_key=None, model="stub", auth=None, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +86,14 @@ def launch():
 
     demos = []
 
-    def start(settings) -> str:
+    def start(settings, port: int | None = None) -> str:
         demo = app.build_demo(settings)
-        port = free_port()
+        port = port or free_port()
         demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
         demos.append(demo)
         return f"http://127.0.0.1:{port}/"
 
+    start.demos = demos
     yield start
     for demo in demos:
         demo.close()
@@ -204,17 +206,32 @@ def test_follow_up_in_the_browser_stays_on_the_paper(page, corpus_url):
     assert "21 downstream datasets" in page.inner_text('#chat [data-testid="bot"] >> nth=1')
 
 
-def test_model_error_shows_in_the_chat_and_the_ui_recovers(page, corpus_url, monkeypatch):
+def choose_model(page, spec: str) -> None:
+    """Pick an offered model from the menu (it takes no typed value)."""
+    page.click("#model input")
+    page.get_by_role("option", name=spec, exact=True).click()
+    page.wait_for_function(
+        "spec => document.querySelector('#model input').value === spec", arg=spec
+    )
+
+
+@pytest.fixture(scope="module")
+def two_models_url(launch, tmp_path_factory) -> str:
+    """The corpus with two offered models: the stub and OpenAI (no key on this server)."""
+    settings = settings_for(
+        tmp_path_factory.getbasetemp() / "app-index", models=["stub", "openai:gpt-4o-mini"]
+    )
+    return launch(settings)
+
+
+def test_model_error_shows_in_the_chat_and_the_ui_recovers(page, two_models_url, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    open_app(page, corpus_url)
-    model = page.locator("#model input")
-    model.fill("openai:gpt-4o-mini")
-    model.press("Enter")
+    open_app(page, two_models_url)
+    choose_model(page, "openai:gpt-4o-mini")
     ask(page, VOICE_QUESTION)
     message = page.inner_text('#chat [data-testid="bot"]')
     assert "OPENAI_API_KEY" in message and "Traceback" not in message
-    model.fill("stub")
-    model.press("Enter")
+    choose_model(page, "stub")
     ask(page, VOICE_QUESTION, answers_before=1)
     page.wait_for_selector(ANSWER_LINK)
     assert page.locator("#sources .qa-cited").count() >= 1
@@ -242,3 +259,59 @@ def test_html_and_js_from_abstracts_stay_inert(page, xss_url, tmp_path):
     assert "Quokka <img src=x onerror=alert(6)> Lattice Distillation" in panel
     assert "${alert(3)}" in panel or "<script>alert(2)</script>" in panel
     page.screenshot(path=str(tmp_path / "inert.png"), full_page=True)
+
+
+def chat_links(page) -> list[str]:
+    return page.eval_on_selector_all("#chat a", "els => els.map(e => e.href)")
+
+
+def test_only_our_markers_become_links(page, xss_url):
+    open_app(page, xss_url)
+    ask(page, "What does quokka lattice distillation do? Ask me@example.org or www.example.org")
+    page.wait_for_selector(f'#chat a[href="https://arxiv.org/abs/{XSS_ID}"]')
+    answer = page.inner_text('#chat [data-testid="bot"]')
+    for text in ("https://evil.example/q", "www.evil.example", "quokka@evil.example"):
+        assert text in answer, "shown as plain text"
+    assert "<https://auto.example>" in answer
+    assert "me@example.org or www.example.org" in page.inner_text('#chat [data-testid="user"]')
+    links = chat_links(page)
+    assert links and all(link.startswith("https://arxiv.org/abs/") for link in links), links
+
+
+def test_conversation_survives_refresh_and_restart_and_clear_empties_everything(
+    page, launch, tmp_path_factory
+):
+    settings = settings_for(tmp_path_factory.getbasetemp() / "app-index")
+    port = free_port()
+    url = launch(settings, port)
+    open_app(page, url)
+    ask(page, "What is POMP?")
+    page.wait_for_selector(ANSWER_LINK)
+    page.wait_for_timeout(500)  # the conversation is saved after the answer completes
+
+    page.reload(wait_until="load")
+    page.wait_for_selector(ANSWER_LINK)  # restored after a refresh
+    assert "What is POMP?" in page.inner_text('#chat [data-testid="user"]')
+
+    launch.demos.pop().close()  # a server restart: a new process state on the same port
+    launch(settings, port)
+    page.reload(wait_until="load")
+    page.wait_for_selector(ANSWER_LINK)
+    assert "https://arxiv.org/abs/2304.04704" in chat_links(page)
+
+    ask(page, "What datasets did they evaluate on?", answers_before=1)  # history still works
+    assert "2304.04704" in page.inner_text("#sources .qa-query")
+
+    for clear_button in ('#chat button[aria-label="Clear"]', "#new-chat"):  # both clear all
+        if clear_button == "#new-chat":
+            ask(page, "What is POMP?")
+        page.click(clear_button)
+        page.wait_for_function(
+            "document.querySelector('#sources').innerText.includes('Ask a question to see papers')"
+        )
+        assert page.locator('#chat [data-testid="bot"]').count() == 0
+    page.wait_for_timeout(500)
+    page.reload(wait_until="load")
+    page.wait_for_selector("#question textarea")
+    page.wait_for_timeout(1500)
+    assert page.locator('#chat [data-testid="bot"]').count() == 0, "cleared for good"

@@ -209,3 +209,99 @@ def test_stream_cut_mid_way_keeps_what_was_shown(seeds, fake_openai):
     answer = ask("What is POMP?", model=_spec(fake_openai), structured=False)
     assert answer.error
     assert answer.sources
+
+
+# ---------------------------------------------------------------- bounds (issue 10)
+
+
+def test_five_megabyte_history_gives_a_bounded_request(seeds, fake_openai):
+    fake_openai.add_text("What is POMP?")  # the condensed question, then the answer
+    history = [
+        {"role": "user", "content": "Tell me about prompts. " + "p" * 5_000_000},
+        {"role": "assistant", "content": "Prompts are [arXiv:2304.04704]. " + "a" * 100_000},
+    ] * 10
+    answer = ask("What is POMP?", history, _spec(fake_openai), structured=False)
+    sizes = [len(json.dumps(r.body)) for r in fake_openai.requests]
+    print("model request sizes for a 5 MB history:", sizes)
+    assert len(sizes) == 2 and max(sizes) < 40_000
+    assert len(answer.notes) == 6, "one note per cut message among the last six turns"
+    assert answer.notes[0].startswith("An earlier message of 5,000,023 characters was cut")
+
+
+def test_history_bounds_drop_the_oldest_turns_first(monkeypatch):
+    from qa.chain import bounded_history
+    from qa.config import Settings
+
+    settings = Settings(max_history_turns=4, max_history_message_chars=100, max_history_chars=250)
+    history = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "x" * 80}
+        for i in range(10)
+    ]
+    history[-1]["content"] = "turn 9 " + "y" * 500  # cut to 100, noted
+    messages, notes = bounded_history(history, settings)
+    assert [m.content.split()[1] for m in messages] == ["8", "9"]  # 6, 7 did not fit
+    assert messages[-1].content.endswith("y […]") and len(messages[-1].content) == 104
+    assert notes == [
+        "An earlier message of 507 characters was cut to its first 100 "
+        "(QA_MAX_HISTORY_MESSAGE_CHARS)."
+    ]
+    assert bounded_history("not a list", settings) == ([], [])
+
+
+@pytest.mark.parametrize("k", [0, -1, 10_000, 2.5, "abc", [3]])
+def test_k_is_validated_once_for_every_caller(seeds, k):
+    from qa.config import SettingsError
+
+    with pytest.raises(SettingsError, match=r"^k: must be an integer between 1 and 50 \(got "):
+        ask("What is POMP?", k=k)
+    with pytest.raises(SettingsError, match=r"^k: must be an integer between 1 and 50"):
+        next(stream("What is POMP?", k=k))
+
+
+def test_k_given_as_text_is_read_like_qa_k(seeds):
+    assert len(ask("What is POMP?", k="3").sources) == 3
+
+
+# ---------------------------------------------------------------- linear structured streaming
+
+
+class _ChunkedJSON:
+    """A runnable whose `.stream()` yields a JSON answer of n sentences in small chunks."""
+
+    def __init__(self, n: int, chunk: int = 7):
+        sentences = [
+            {"text": f"Sentence {i} says something about prompts.", "cite": ["arXiv:2304.04704"]}
+            for i in range(n)
+        ]
+        self.raw = json.dumps({"sentences": sentences})
+        self.chunk = chunk
+        self.sent = 0
+
+    def stream(self, inputs):
+        for start in range(0, len(self.raw), self.chunk):
+            self.sent = start + self.chunk
+            yield self.raw[start : start + self.chunk]
+
+
+def test_structured_streaming_reads_each_character_a_bounded_number_of_times(monkeypatch):
+    """Structural linearity: the lenient parser sees the buffer once (at the end), not once
+    per chunk, and every sentence is shown as soon as its JSON object closes."""
+    import qa.chain as chain
+    from qa.corpus import Paper
+
+    parsed: list[int] = []
+    real = chain.parse_partial_json
+    monkeypatch.setattr(chain, "parse_partial_json", lambda s: parsed.append(len(s)) or real(s))
+    paper = Paper("2304.04704", "2304.04704", "POMP", "Prompt pre-training.")
+    for n in (10, 400):
+        runnable, raw_text, shown_at = _ChunkedJSON(n), [], []
+        parsed.clear()
+        out = []
+        for piece in chain._stream_structured(runnable, {}, [paper], raw_text):
+            out.append(piece)
+            shown_at.append(runnable.sent)
+        assert sum(parsed) <= len(runnable.raw), f"{sum(parsed)} characters parsed for {n}"
+        text = "".join(out)
+        assert text.count("[arXiv:2304.04704]") == n
+        assert raw_text == [text]
+        assert shown_at[0] < len(runnable.raw) / n * 2, "the first sentence streamed early"

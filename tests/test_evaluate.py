@@ -7,7 +7,7 @@ import json
 import pytest
 
 from qa.cli import main
-from qa.evaluate import GOLDEN, best_threshold, load_golden, precision_recall, run_eval
+from qa.evaluate import GOLDEN, load_golden, reword, run_eval
 
 pytest_plugins = ["chroma_server"]
 
@@ -26,12 +26,21 @@ def test_golden_set_is_well_formed():
     assert all(c.history for c in cases if c.type == "followup")
 
 
-def test_precision_recall_and_threshold():
-    scored = [(0.1, True), (0.2, True), (0.3, False), (0.5, False), (0.25, True)]
-    assert precision_recall(scored, 0.26) == (1.0, 1.0)
-    assert precision_recall(scored, 0.15) == (1.0, 1 / 3)
-    assert precision_recall(scored, 0.4) == (0.75, 1.0)
-    assert best_threshold(scored) == 0.3
+def test_golden_set_keeps_a_held_out_part_and_wordings():
+    cases = load_golden(GOLDEN)
+    heldout = [c for c in cases if c.split == "heldout"]
+    assert len(heldout) >= 0.2 * len(cases)
+    assert {c.type for c in heldout} >= {"offcorpus", "paraphrase", "method"}
+    assert sum(c.type == "offcorpus" for c in cases) >= 40
+    assert {c.wording for c in cases} == {"plain", "polite", "terse"}
+
+
+def test_reword_keeps_the_question_and_changes_the_frame():
+    q = "How does ATSS pick positive anchors?"
+    assert reword(q, "plain") == q
+    polite = reword(q, "polite", 0)
+    assert polite.startswith("Hi!") and "how does ATSS pick positive anchors?" in polite
+    assert reword(q, "terse") == "ATSS pick positive anchors"
 
 
 def test_run_eval_prints_all_figures_on_a_small_set(seeds, tmp_path, capsys):
@@ -49,7 +58,9 @@ def test_run_eval_prints_all_figures_on_a_small_set(seeds, tmp_path, capsys):
         "R@1",
         "MRR",
         "multi R@10",
-        "abstention",
+        "relevance gate",
+        "ROC AUC",
+        "false abstention",
         "cites a gold paper",
         "fact in answer",
         "dropped citations",

@@ -3,6 +3,7 @@ driven through the real `ChatOpenAI` against a fake OpenAI-compatible server."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import socket
@@ -16,7 +17,6 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
-from qa import models
 from qa.config import PROJECT_ROOT, Settings
 from qa.models import (
     NO_ANSWER,
@@ -29,6 +29,7 @@ from qa.models import (
     get_chat_model,
     parse_spec,
     response_format_for,
+    smollm2_path,
     supports_structured,
 )
 
@@ -236,25 +237,25 @@ def test_missing_key_names_the_variable_and_offline_options():
 
 
 def test_missing_llama_cpp_says_how_to_install(monkeypatch):
-    real = models.importlib.util.find_spec
+    real = importlib.util.find_spec
     monkeypatch.setattr(
-        models.importlib.util, "find_spec", lambda n, *a: None if n == "llama_cpp" else real(n)
+        importlib.util, "find_spec", lambda n, *a: None if n == "llama_cpp" else real(n)
     )
     with pytest.raises(ModelError, match=r"pip install 'arxiv-qa\[llamacpp\]'"):
         get_chat_model("llamacpp:smollm2", Settings())
 
 
 def test_missing_gguf_file(monkeypatch, tmp_path):
-    real = models.importlib.util.find_spec
+    real = importlib.util.find_spec
     monkeypatch.setattr(
-        models.importlib.util, "find_spec", lambda n, *a: object() if n == "llama_cpp" else real(n)
+        importlib.util, "find_spec", lambda n, *a: object() if n == "llama_cpp" else real(n)
     )
     with pytest.raises(ModelError, match="GGUF model file not found"):
         get_chat_model(f"llamacpp:{tmp_path / 'missing.gguf'}", Settings())
 
 
 def test_smollm2_alias_points_at_the_shipped_gguf():
-    path = models.smollm2_path()
+    path = smollm2_path()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
 
 

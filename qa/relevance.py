@@ -1,0 +1,293 @@
+"""Answer or abstain: a small logistic model over features of both retrieval channels.
+
+A fixed line on `0.5·cosine + 0.5·coverage` refused short acronym questions ("What is ATSS?":
+low cosine) and polite ones (filler lowers coverage), and answered off-corpus questions that
+share half their words with some paper. The features here look at *which* words matched: the
+question's rare words and named methods (acronyms) either appear in a retrieved paper or not.
+The weights are fitted to the golden set by `qa eval --calibrate` (numpy Newton steps on an
+L2-penalised logistic loss: scikit-learn is not a dependency and this is 30 lines) and kept in
+`qa/relevance.json`; the operating point is chosen on cross-validated, held-out predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from qa.config import PROJECT_ROOT, Settings, get_settings
+from qa.retrieval import Hit, get_retriever, stems
+from qa.wording import normalize_question, synonym_table
+
+MODEL_PATH = PROJECT_ROOT / "qa" / "relevance.json"
+FEATURES = (
+    "cosine",  # best dense similarity among the hits
+    "coverage",  # best IDF-weighted share of the question's words in one chunk (title + text)
+    "rare_found",  # best share of the question's rare words found in one paper
+    "rare_missing",  # rarity of the rarest question word that paper lacks (0..1)
+    "unseen",  # share of the question's words the corpus never uses
+    "title",  # best share of the question's words in one title
+    "acronym_found",  # rarity of the rarest named method (ATSS, Kosmos-2) a top paper has
+    "acronym_missing",  # rarity of the rarest named method no top paper has
+    "missing",  # how many of the question's less common words the best paper lacks
+    "margin",  # fused-score gap between the first and second paper
+)
+TOP = 3  # papers whose text is read for the word features
+RARE = 0.5  # a word is rare when its idf is at least this share of the largest idf
+UNCOMMON = 0.3  # ... and less common (counted by `missing`) from this share
+L2 = 10.0  # ridge penalty: ~250 rows, correlated features
+MAX_FALSE_ABSTENTION = 0.01  # the operating point, on cross-validated answerable questions
+# The words questions are framed with: rare in abstracts, so as an idf-weighted word "what"
+# would weigh as much as a method name. Not part of a question's content here.
+QUESTION_WORDS = "what which how why who whom whose when where does did do can could would me"
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+_ACRONYM = re.compile(
+    r"(?<![\w-])(?:[A-Za-z]*[A-Z][A-Za-z]*[A-Z0-9][\w-]*|[A-Za-z]+-\d[\w-]*|[A-Z]\d\w*)(?![\w-])"
+)
+
+
+@dataclass
+class RelevanceModel:
+    """Standardised features → logistic probability that the hits answer the question."""
+
+    features: list[str]
+    mean: list[float]
+    scale: list[float]
+    weights: list[float]
+    bias: float
+    threshold: float
+    meta: dict = field(default_factory=dict)
+
+    def probability(self, rows: np.ndarray) -> np.ndarray:
+        z = (np.atleast_2d(rows) - np.asarray(self.mean)) / np.asarray(self.scale)
+        return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.weights) + self.bias)))
+
+    def save(self, path: Path = MODEL_PATH) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")
+        load_model.cache_clear()
+
+
+@lru_cache(maxsize=4)
+def load_model(path: Path = MODEL_PATH) -> RelevanceModel:
+    """The fitted model (`qa eval --calibrate` writes it)."""
+    model = RelevanceModel(**json.loads(path.read_text(encoding="utf-8")))
+    if tuple(model.features) != FEATURES:
+        raise ValueError(f"{path} was fitted on other features; run `qa eval --calibrate`.")
+    return model
+
+
+# ---------------------------------------------------------------- features
+
+
+def acronyms(question: str) -> list[str]:
+    """Named methods and models: words with inner capitals or digits (ATSS, Kosmos-2, DyLoRA)."""
+    words = [w.rstrip("-") for w in _ACRONYM.findall(question)]
+    return list(dict.fromkeys(w for w in words if len(w) > 1))
+
+
+def _paper_text(hit: Hit) -> str:
+    return f"{hit.paper.title}\n{hit.paper.abstract}"
+
+
+def _chunk_text(hit: Hit) -> str:
+    """The best-matching chunk as the index holds it (title prepended)."""
+    return f"{hit.paper.title}\n{hit.snippet}"
+
+
+@lru_cache(maxsize=1)
+def _synonyms() -> dict[str, str]:
+    return synonym_table(lambda words: [s for w in words for s in stems(w)[:1]])
+
+
+def _words(text: str) -> list[str]:
+    """Index tokens with synonyms folded ("choose" and "select" are one word here)."""
+    table = _synonyms()
+    return [table.get(s, s) for s in stems(text)]
+
+
+def _idf(word: str, idf: dict[str, float], top: float) -> float:
+    """A folded synonym takes the idf of its most common member (it is that common)."""
+    if word in idf:
+        return idf[word]
+    members = [s for s, c in _synonyms().items() if c == word and s in idf]
+    return min((idf[s] for s in members), default=top)
+
+
+def _share(weight: dict[str, float], found: set[str]) -> float:
+    total = sum(weight.values())
+    return sum(w for s, w in weight.items() if s in found) / total if total else 1.0
+
+
+def features(question: str, hits: list[Hit], idf: dict[str, float]) -> np.ndarray:
+    """The FEATURES of one question and its hits (see the tuple for what each measures)."""
+    text = normalize_question(question)
+    framing = set(stems(QUESTION_WORDS))
+    words = {w for w in _words(text) if w not in framing and not _UNSPACED.search(w)}
+    top = max(idf.values(), default=1.0) or 1.0
+    weight = {w: _idf(w, idf, top) for w in words}
+    papers = [set(_words(_paper_text(h))) for h in hits[:TOP]]
+    titles = [set(_words(h.paper.title)) for h in hits[:TOP]]
+    scores = [h.score for h in hits]
+    row = {
+        "cosine": max((h.dense for h in hits), default=0.0),
+        "coverage": max((_share(weight, set(_words(_chunk_text(h)))) for h in hits), default=0.0),
+        **_rare_words(weight, papers, top),
+        "unseen": sum(_idf(w, idf, -1.0) < 0 for w in words) / len(words) if words else 0.0,
+        "title": max((_share(weight, t) for t in titles), default=0.0) if words else 0.0,
+        **_named_methods(text, hits[:TOP], idf, top),
+        "margin": scores[0] - scores[1] if len(scores) > 1 else (scores[0] if scores else 0.0),
+    }
+    return np.array([row[name] for name in FEATURES], dtype=float)
+
+
+def _rare_words(weight: dict[str, float], papers: list[set[str]], top: float) -> dict[str, float]:
+    """rare_found, rare_missing and missing: does one paper hold the question's rarer words?"""
+    if not papers:
+        return {"rare_found": 0.0, "rare_missing": 1.0, "missing": 0.0}
+    rare = {w: v for w, v in weight.items() if v >= RARE * top}
+    rare_found, rare_missing = 1.0, 0.0
+    if rare:
+        best = max(papers, key=lambda found: _share(rare, found))
+        rare_found = _share(rare, best)
+        rare_missing = max((v / top for w, v in rare.items() if w not in best), default=0.0)
+    closest = max(papers, key=lambda found: _share(weight, found))
+    uncommon = [w for w, v in weight.items() if v >= UNCOMMON * top]
+    missing = float(sum(w not in closest for w in uncommon))
+    return {"rare_found": rare_found, "rare_missing": rare_missing, "missing": missing}
+
+
+def _named_methods(
+    text: str, hits: list[Hit], idf: dict[str, float], top: float
+) -> dict[str, float]:
+    """acronym_found / acronym_missing, each the rarity of the rarest such name."""
+    named = acronyms(text)
+    lowered = [_paper_text(h).lower() for h in hits]
+    found = [a for a in named if any(_has_word(t, a.lower()) for t in lowered)]
+    rarity = {a: _rarity(a, idf, top) for a in named}  # "ATSS" says more than "LLM"
+    return {
+        "acronym_found": max((rarity[a] for a in found), default=0.0),
+        "acronym_missing": max((rarity[a] for a in named if a not in found), default=0.0),
+    }
+
+
+def _rarity(word: str, idf: dict[str, float], top: float) -> float:
+    """0..1: how rare a named method's words are in the corpus (unseen: 1)."""
+    parts = stems(word)
+    return max((idf.get(s, top) / top for s in parts), default=0.0)
+
+
+def _has_word(text: str, word: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text) is not None
+
+
+def corpus_idf(settings: Settings) -> dict[str, float]:
+    """Stem → idf of the keyword index the hits came from (refreshed like a search would)."""
+    retriever = get_retriever(settings)
+    with retriever.lock:
+        retriever.keyword_index.refresh(retriever.index)
+        return retriever.keyword_index.idf
+
+
+# ---------------------------------------------------------------- the gate
+
+
+def relevance(question: str, hits: list[Hit], settings: Settings | None = None) -> float:
+    """Probability that the hits answer the question (1.0 when a named paper was found)."""
+    settings = settings or get_settings()
+    if not hits:
+        return 0.0
+    if hits[0].pinned:
+        return 1.0
+    model = load_model(settings.relevance_model)
+    return float(model.probability(features(question, hits, corpus_idf(settings)))[0])
+
+
+def threshold(settings: Settings) -> float:
+    """`QA_ABSTAIN_THRESHOLD` if set, else the fitted operating point."""
+    if settings.abstain_threshold is not None:
+        return settings.abstain_threshold
+    return load_model(settings.relevance_model).threshold
+
+
+def is_relevant(question: str, hits: list[Hit], settings: Settings | None = None) -> bool:
+    """Answer (True) or abstain (False)."""
+    settings = settings or get_settings()
+    return relevance(question, hits, settings) >= threshold(settings)
+
+
+# ---------------------------------------------------------------- fitting
+
+
+def fit(rows: np.ndarray, labels: np.ndarray, l2: float = L2) -> RelevanceModel:
+    """L2-penalised logistic regression by Newton's method on standardised features."""
+    mean = rows.mean(axis=0)
+    scale = rows.std(axis=0)
+    scale[scale == 0] = 1.0
+    x = np.hstack([(rows - mean) / scale, np.ones((len(rows), 1))])
+    w = np.zeros(x.shape[1])
+    penalty = np.full(x.shape[1], l2)
+    penalty[-1] = 0.0  # the bias is not shrunk
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-(x @ w)))
+        grad = x.T @ (p - labels) + penalty * w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + np.diag(penalty)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return RelevanceModel(
+        list(FEATURES), mean.tolist(), scale.tolist(), w[:-1].tolist(), float(w[-1]), 0.5
+    )
+
+
+def out_of_fold(
+    rows: np.ndarray, labels: np.ndarray, groups: list[str], folds: int = 5
+) -> np.ndarray:
+    """Cross-validated probabilities: each question (all its wordings) is predicted by a model
+    fitted without it."""
+    names = sorted(set(groups))
+    fold_of = {g: i % folds for i, g in enumerate(names)}
+    fold = np.array([fold_of[g] for g in groups])
+    probs = np.zeros(len(rows))
+    for f in range(folds):
+        test = fold == f
+        if test.any() and (~test).any():
+            probs[test] = fit(rows[~test], labels[~test]).probability(rows[test])
+    return probs
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Probability that a random positive outscores a random negative (ties count half)."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def operating_point(
+    probs: np.ndarray, labels: np.ndarray, max_false: float = MAX_FALSE_ABSTENTION
+) -> float:
+    """The threshold that abstains on the most off-corpus questions while refusing at most
+    `max_false` of the answerable ones, set midway into the gap below it (an answerable
+    question scoring just under the fitted line is still answered)."""
+    answerable = np.sort(probs[labels == 1])
+    if not len(answerable):
+        return 0.5
+    highest = float(answerable[math.floor(max_false * len(answerable))])
+    below = probs[(labels == 0) & (probs < highest)]
+    return (float(below.max()) + highest) / 2 if len(below) else highest - 1e-6
+
+
+def rates(probs: np.ndarray, labels: np.ndarray, cut: float) -> dict[str, float]:
+    """False abstentions (answerable refused) and abstentions on off-corpus questions."""
+    abstain = probs < cut
+    return {
+        "false abstention": float(abstain[labels == 1].mean()) if (labels == 1).any() else 0.0,
+        "off-corpus abstained": float(abstain[labels == 0].mean()) if (labels == 0).any() else 0.0,
+    }
