@@ -67,7 +67,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def made_up(word: str, n: int = 0) -> dict:
     """A paper no seed resembles, findable by its invented word."""
     return {
-        "arxiv_id": f"2599.{n:05d}",
+        "arxiv_id": f"2512.{n:05d}",
         "title": f"On {word} in sparse estimators",
         "abstract": f"We introduce {word}, a regulariser for sparse estimators, and study how "
         f"{word} behaves on noisy tabular data with {n} features.",
@@ -110,8 +110,8 @@ def test_rebuild_keeps_user_papers(index_mode, small_seeds, tmp_path):
     rebuilt = run_qa("ingest", "--rebuild")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "rebuilt (requested)" in rebuilt.stdout and "14 papers" in rebuilt.stdout
-    assert keys_found("zorbulation regulariser")[0] == "2599.00000"
-    assert keys_found("quintaflex regulariser")[0] == "2599.00001"
+    assert keys_found("zorbulation regulariser")[0] == "2512.00000"
+    assert keys_found("quintaflex regulariser")[0] == "2512.00001"
     ids = chunk_ids()
     assert len(ids) == len(set(ids))
     papers = run_qa("papers")
@@ -130,22 +130,22 @@ def test_deleted_index_is_rebuilt_from_the_record_with_user_papers(small_seeds, 
             subprocess.run(["rm", "-rf", str(child)], check=True)
     answer = run_qa("ask", "What is zorbulation?")  # the first ask builds from the record
     assert answer.returncode == 0, answer.stderr
-    assert "2599.00000" in answer.stdout
-    assert keys_found("zorbulation regulariser")[0] == "2599.00000"
+    assert "2512.00000" in answer.stdout
+    assert keys_found("zorbulation regulariser")[0] == "2512.00000"
     assert len(set(chunk_ids())) >= 13
 
 
 def test_remove_takes_papers_out_of_record_and_index(index_mode, small_seeds, tmp_path):
     mine = write_jsonl(tmp_path / "mine.jsonl", [made_up("zorbulation"), made_up("quintaflex", 1)])
     assert run_qa("ingest", str(mine)).returncode == 0
-    removed = run_qa("remove", "2599.00000", "arXiv:2599.09999")
+    removed = run_qa("remove", "2512.00000", "arXiv:2512.09999")
     assert removed.returncode == 0, removed.stderr
-    assert "removed 1 papers (2599.00000)" in removed.stdout
-    assert "2599.09999 is not in the corpus record" in removed.stderr
-    assert [p.key for p in open_store().papers()] == ["2599.00001"]
-    assert not any(c.startswith("2599.00000#") for c in chunk_ids())
-    assert "2599.00000" not in keys_found("zorbulation regulariser")
-    assert run_qa("remove", "2599.09999").returncode == 2
+    assert "removed 1 papers (2512.00000)" in removed.stdout
+    assert "2512.09999 is not in the corpus record" in removed.stderr
+    assert [p.key for p in open_store().papers()] == ["2512.00001"]
+    assert not any(c.startswith("2512.00000#") for c in chunk_ids())
+    assert "2512.00000" not in keys_found("zorbulation regulariser")
+    assert run_qa("remove", "2512.09999").returncode == 2
 
 
 # ---------------------------------------------------------------- reads never write
@@ -165,7 +165,7 @@ def test_other_embedding_model_on_ask_touches_nothing(index_mode, small_seeds, t
         assert "qa ingest --rebuild" in asked.stderr and "QA_EMBEDDINGS=minilm" in asked.stderr
     assert sorted(chunk_ids()) == before
     assert open_store().generation() == generation
-    assert keys_found("zorbulation regulariser")[0] == "2599.00000"
+    assert keys_found("zorbulation regulariser")[0] == "2512.00000"
 
 
 def test_reembed_kill_leaves_the_old_index_answering_then_completes(index_mode, small_seeds):
@@ -271,10 +271,10 @@ def test_two_concurrent_ingests_end_with_every_paper_once(index_mode, small_seed
     ids = chunk_ids()
     assert len(ids) == len(set(ids))
     keys = {c.rsplit("#", 1)[0] for c in ids}
-    expected = {f"2599.{i:05d}" for i in [*range(30), *range(100, 130)]}
+    expected = {f"2512.{i:05d}" for i in [*range(30), *range(100, 130)]}
     assert expected <= keys and len(keys) == 12 + 60
     assert len(open_store().papers()) == 72
-    assert keys_found("beta7word regulariser")[0] == "2599.00107"
+    assert keys_found("beta7word regulariser")[0] == "2512.00107"
 
 
 def test_second_writer_gives_up_after_the_wait_with_a_clear_message(small_seeds, monkeypatch):
@@ -331,14 +331,14 @@ def test_reader_answers_during_an_ingest_and_then_finds_the_new_papers(
     lines: list[dict] = []
     try:
         first = json.loads(reader.stdout.readline())
-        assert "ok" in first and "2599.00000" not in first["ok"], first
+        assert "ok" in first and "2512.00000" not in first["ok"], first
         writer = run_qa("ingest", str(new), env={"QA_EMBED_BATCH": "4"})
         assert writer.returncode == 0, writer.stderr
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             line = json.loads(reader.stdout.readline())
             lines.append(line)
-            if "2599.00000" in line.get("ok", []):
+            if "2512.00000" in line.get("ok", []):
                 break
     finally:
         stop.touch()
@@ -346,7 +346,7 @@ def test_reader_answers_during_an_ingest_and_then_finds_the_new_papers(
     lines += [json.loads(x) for x in out.splitlines() if x.strip()]
     failures = [x for x in lines if "err" in x or x.get("error")]
     assert not failures, failures[:3]
-    assert any("2599.00000" in x.get("ok", []) for x in lines), lines[-3:]
+    assert any("2512.00000" in x.get("ok", []) for x in lines), lines[-3:]
     assert len(lines) >= 5
 
 
@@ -428,7 +428,7 @@ def test_embedding_backend_down_during_ask_touches_nothing(
         assert run_qa("ingest").returncode == 0
         assert run_qa("ingest", str(mine)).returncode == 0
         assert run_qa("ask", "What is zorbulation?").returncode == 0
-        assert keys_found("zorbulation regulariser")[0] == "2599.00000"
+        assert keys_found("zorbulation regulariser")[0] == "2512.00000"
         before, generation = sorted(chunk_ids()), open_store().generation()
         port = server.port
         server.stop()
@@ -442,7 +442,7 @@ def test_embedding_backend_down_during_ask_touches_nothing(
         server.start(port=port)
         assert sorted(chunk_ids()) == before
         assert run_qa("ask", "What is zorbulation?").returncode == 0
-        assert keys_found("zorbulation regulariser")[0] == "2599.00000"
+        assert keys_found("zorbulation regulariser")[0] == "2512.00000"
     finally:
         server.stop()
 
@@ -474,14 +474,14 @@ def test_app_py_keeps_answering_during_an_ingest_and_then_finds_new_papers(
             answer, sources = client.predict("What is zorbulation?", [], "stub", 5, api_name="/ask")
             return answer, [s["arxiv_id"] for s in sources]
 
-        assert "2599.00000" not in ask()[1]
+        assert "2512.00000" not in ask()[1]
         writer = start_qa("ingest", str(new), env={"QA_EMBED_BATCH": "4"})
         answers = []
         while writer.poll() is None:
             answers.append(ask())
         assert writer.returncode == 0, writer.communicate()
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "2599.00000" not in answers[-1][1]:
+        while time.monotonic() < deadline and "2512.00000" not in answers[-1][1]:
             answers.append(ask())
     finally:
         app.terminate()
@@ -489,7 +489,7 @@ def test_app_py_keeps_answering_during_an_ingest_and_then_finds_new_papers(
     broken = [a for a, _ in answers if "unavailable" in a or "went wrong" in a]
     assert not broken, broken[:2]
     assert len(answers) >= 3
-    assert "2599.00000" in answers[-1][1]  # found without a restart
+    assert "2512.00000" in answers[-1][1]  # found without a restart
 
 
 def _connect(client_class, url: str, proc: subprocess.Popen, seconds: float = 120):

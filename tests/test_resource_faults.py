@@ -80,7 +80,7 @@ def test_full_disk_is_named_and_rerun_completes(tmpfs, tmp_path, leave_kb):
     assert again.returncode == 0, again.stderr
     assert len(open_store().papers()) == 52
     for i in (0, 17, 39):
-        assert keys_found(f"word{i}x regulariser")[0] == f"2599.{i:05d}"
+        assert keys_found(f"word{i}x regulariser")[0] == f"2512.{i:05d}"
 
 
 @pytest.mark.parametrize("index_mode", ["embedded", "server"], indirect=True)
@@ -94,7 +94,7 @@ def test_read_only_store_is_named_and_nothing_is_touched(index_mode, tmpfs, tmp_
         assert papers.returncode == 0 and "13 papers" in papers.stdout, papers.stderr
         asked = run_qa("ask", "What is zorbulation?")
         if index_mode == "server":  # only the record is local: reads never write
-            assert asked.returncode == 0 and "[arXiv:2599.00000]" in asked.stdout, asked.stderr
+            assert asked.returncode == 0 and "[arXiv:2512.00000]" in asked.stdout, asked.stderr
         else:  # Chroma's embedded store cannot open read-only: say so, and how to fix it
             assert asked.returncode == 2
             assert len(asked.stderr.strip().splitlines()) == 1
@@ -106,5 +106,5 @@ def test_read_only_store_is_named_and_nothing_is_touched(index_mode, tmpfs, tmp_
     finally:
         remount(tmpfs, "rw")
     assert run_qa("ask", "What is zorbulation?").returncode == 0
-    assert keys_found("zorbulation regulariser")[0] == "2599.00000"
+    assert keys_found("zorbulation regulariser")[0] == "2512.00000"
     assert len(open_store().papers()) == 13
