@@ -43,7 +43,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Record files (default: the bundled seeds) in the corpus record, then update the index."""
     from qa.corpus import read_corpus
-    from qa.index import build_index, export_vector_cache, open_index
+    from qa.index import export_vector_cache, open_index
+    from qa.ingest import build_index
     from qa.store import BUNDLED, USER, open_store
 
     settings = _settings(args)
@@ -114,7 +115,7 @@ def cmd_papers(args: argparse.Namespace) -> int:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     """Take papers out of the corpus record and the index."""
-    from qa.index import remove_papers
+    from qa.ingest import remove_papers
 
     settings = _settings(args)
     gone, missing, report = remove_papers(args.ids, settings=settings)

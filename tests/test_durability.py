@@ -213,15 +213,15 @@ SLOW_REBUILD = textwrap.dedent(
     """
     import time
     from pathlib import Path
-    import qa.index
+    import qa.index, qa.ingest
     qa.index.VECTOR_CACHE_DIR = Path("/nonexistent")  # every vector computed
-    qa.index.WRITE_BATCH = 2                          # one paper per upsert
+    qa.ingest.WRITE_BATCH = 2                         # one paper per upsert
     inner = qa.index.CachedEmbeddings.embed_documents
     def slow(self, texts):
         time.sleep(0.3)
         return inner(self, texts)
     qa.index.CachedEmbeddings.embed_documents = slow
-    qa.index.build_index([], rebuild=True, progress=False)
+    qa.ingest.build_index([], rebuild=True, progress=False)
     print("done", flush=True)
     """
 )
