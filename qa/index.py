@@ -33,12 +33,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 from qa.config import PROJECT_ROOT, Settings, get_settings
 from qa.corpus import Paper
 from qa.embeddings import get_embeddings, token_length
-from qa.store import (
-    CorpusStore,
-    IndexUnavailable,
-    fault_reason,
-    open_store,
-)
+from qa.store import CorpusStore, IndexUnavailable, corpus_path, fault_reason, open_store
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +229,7 @@ def make_client(settings: Settings, fresh: bool = False) -> chromadb.ClientAPI:
             )
             _bound_http_timeout(client)
             return client
-        _check_store_files(Path(settings.persist_dir))
+        _check_store_files(settings)
         settings.persist_dir.mkdir(parents=True, exist_ok=True)
         if fresh:
             _detach_chroma_system(str(settings.persist_dir))
@@ -307,25 +302,26 @@ def _detach_chroma_system(identifier: str) -> None:
 
 
 STORE_FILE = "chroma.sqlite3"
-# user data that lives beside the store and survives a rebuild: the resolve cache, and the
-# corpus record with its WAL files and writer lock (corpus.sqlite3, -wal, -shm, .lock)
-KEPT_FILES = {"resolved.tsv"}
-KEPT_PREFIX = "corpus."
+KEPT_FILES = {"resolved.tsv"}  # user data that lives beside the store and survives a rebuild
 
 
-def _kept(name: str) -> bool:
-    return name in KEPT_FILES or name.startswith((KEPT_PREFIX, "."))
+def is_kept_file(name: str, settings: Settings) -> bool:
+    """Files in the store folder that are not Chroma's, which a rebuild never deletes: the
+    resolve cache, hidden files, the corpus record with its -wal, -shm and .lock files."""
+    record = corpus_path(settings).name
+    return name in KEPT_FILES or name.startswith((record, "."))
 
 
-def _check_store_files(path: Path) -> None:
+def _check_store_files(settings: Settings) -> None:
     """An embedded store whose segment folders remain but whose database is gone is damaged.
 
     Chroma would silently start an empty database next to the orphaned vectors; say so instead.
     (A missing or empty folder is simply "no index yet" and gets built on first use.)
     """
+    path = Path(settings.persist_dir)
     if not path.is_dir() or (path / STORE_FILE).exists():
         return
-    leftovers = [c.name for c in path.iterdir() if not _kept(c.name)]  # .gitkeep is not Chroma's
+    leftovers = [c.name for c in path.iterdir() if not is_kept_file(c.name, settings)]
     if leftovers:
         raise IndexUnavailable(
             f"cannot use the index at {path} (QA_PERSIST_DIR): {STORE_FILE} is missing but "
@@ -658,7 +654,7 @@ def open_index(settings: Settings | None = None) -> Index:
     return index
 
 
-def _forget_index(settings: Settings) -> None:
+def forget_index(settings: Settings) -> None:
     with _INDEXES_LOCK:
         index = _INDEXES.pop(_index_key(settings), None)
     if index is not None:

@@ -29,11 +29,11 @@ from qa.index import (
     Index,
     IndexUnavailable,
     Stored,
-    _forget_index,
-    _kept,
     check_model,
     chunk_paper,
+    forget_index,
     forget_indexes,
+    is_kept_file,
     open_index,
     paper_hash,
     target_of,
@@ -45,11 +45,10 @@ log = logging.getLogger(__name__)
 WRITE_BATCH = 256  # chunks per upsert; a paper's chunks always go in one call
 
 
-# ---------------------------------------------------------------- building
-
-
 @dataclass
 class IngestReport:
+    """What one write did: to the record (`recorded`) and to the index (the counts)."""
+
     papers: int = 0  # papers in the corpus record (and so in the index) after the run
     added: int = 0
     updated: int = 0
@@ -97,7 +96,7 @@ def _wipe_corrupt_store(settings: Settings) -> None:
     if settings.chroma_url or not path.exists():
         return
     for child in path.iterdir():
-        if _kept(child.name):
+        if is_kept_file(child.name, settings):
             continue
         if child.is_dir():
             shutil.rmtree(child)
@@ -211,7 +210,7 @@ def _rebuild(settings: Settings, store: CorpusStore, report: IngestReport, progr
     """
     target = target_of(settings)
     if not settings.chroma_url:
-        _forget_index(settings)  # a handle may hold a database deleted or damaged since
+        forget_index(settings)  # a handle may hold a database deleted or damaged since
     try:
         current = open_index(settings)
         old = current.name if current.exists else None
