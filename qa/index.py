@@ -241,7 +241,7 @@ def make_client(settings: Settings, fresh: bool = False) -> chromadb.ClientAPI:
     except Exception as exc:  # chromadb raises many kinds; the user needs one message
         if not settings.chroma_url:
             _discard_chroma_system(str(settings.persist_dir))
-        raise IndexUnavailable(unavailable_message(settings, exc)) from exc
+        raise chroma_error(settings, exc) from exc
 
 
 def _heartbeat(url: str) -> None:
@@ -323,7 +323,7 @@ def _check_store_files(settings: Settings) -> None:
         return
     leftovers = [c.name for c in path.iterdir() if not is_kept_file(c.name, settings)]
     if leftovers:
-        raise IndexUnavailable(
+        raise StoreDamaged(
             f"cannot use the index at {path} (QA_PERSIST_DIR): {STORE_FILE} is missing but "
             f"{len(leftovers)} other index file(s) remain; run `qa ingest --rebuild` to rebuild it"
         )
@@ -334,6 +334,17 @@ def _server_hint(url: str) -> str:
     host = parsed.hostname or "127.0.0.1"
     port = parsed.port or (443 if parsed.scheme == "https" else 8000)
     return f"is the server running (`chroma run --path <dir> --host {host} --port {port}`)?"
+
+
+class StoreDamaged(IndexUnavailable):
+    """An embedded Chroma store that fails for no resource reason: only `--rebuild` may wipe
+    it (an embedding, corpus-record, full-disk or read-only failure never counts as this)."""
+
+
+def chroma_error(settings: Settings, exc: BaseException) -> IndexUnavailable:
+    """The one-line error for a failed Chroma call (StoreDamaged when the files are at fault)."""
+    damaged = not settings.chroma_url and fault_reason(exc) is None
+    return (StoreDamaged if damaged else IndexUnavailable)(unavailable_message(settings, exc))
 
 
 def unavailable_message(settings: Settings, exc: BaseException) -> str:
@@ -457,7 +468,7 @@ class Index:
         except chromadb.errors.NotFoundError:
             return None
         except Exception as exc:
-            raise IndexUnavailable(unavailable_message(self.settings, exc)) from exc
+            raise chroma_error(self.settings, exc) from exc
 
     @property
     def exists(self) -> bool:
@@ -506,7 +517,7 @@ class Index:
         except IndexUnavailable:
             raise
         except Exception as exc:
-            raise IndexUnavailable(unavailable_message(self.settings, exc)) from exc
+            raise chroma_error(self.settings, exc) from exc
 
     def metadata(self) -> dict:
         """Collection metadata, fetched fresh: another process may have written since."""

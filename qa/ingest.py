@@ -29,6 +29,7 @@ from qa.index import (
     Index,
     IndexUnavailable,
     Stored,
+    StoreDamaged,
     check_model,
     chunk_paper,
     forget_index,
@@ -220,9 +221,7 @@ def _rebuild(settings: Settings, store: CorpusStore, report: IngestReport, progr
             if built_with and built_with != current.model_id
             else "requested"
         )
-    except IndexUnavailable:
-        if settings.chroma_url:
-            raise
+    except StoreDamaged:  # Chroma's own files: a bad model, record, full disk never get here
         _wipe_corrupt_store(settings)
         old, report.rebuilt = None, "the old index could not be opened"
     pending = store.get_meta(f"pending:{target}")
