@@ -442,6 +442,7 @@ class Index:
         self.generation = self.corpus.generation()
         self.client = make_client(settings)
         self._system = _chroma_system(self.client)
+        self._retired_systems: list = []
         self.pinned = name is not None  # a collection being built: never follows the pointer
         self.name = name or self._active_name()
         self._collection = self._open_collection(create)
@@ -501,6 +502,7 @@ class Index:
             if generation == self.generation:
                 return
             if not self.settings.chroma_url:
+                self._retire_system()
                 self.client = make_client(self.settings, fresh=True)
                 self._system = _chroma_system(self.client)
             self.name = self._active_name()
@@ -509,6 +511,22 @@ class Index:
                 check_model(self)  # raises until fixed: the generation stays unseen
             self.generation = generation
             self.note_write()
+
+    def _retire_system(self) -> None:
+        """Before a reopen: stop the system the previous reopen replaced (its in-memory
+        vectors would otherwise stay for the life of the process, measured ~1.5 MB per
+        reopen at 517 papers); the one replaced now may still serve a question in flight in
+        another thread, so it is stopped at the next reopen (or on close)."""
+        self._stop_retired()
+        self._retired_systems = [self._system] if self._system is not None else []
+
+    def _stop_retired(self) -> None:
+        for system in self._retired_systems:
+            try:
+                system.stop()
+            except Exception as exc:  # a system that cannot stop cleanly is dropped anyway
+                log.debug("stopping a replaced Chroma system: %s", exc)
+        self._retired_systems = []
 
     def call(self, fn: Callable, *args, **kwargs):
         """Run a Chroma call, turning its many failure types into one clear error."""
@@ -605,6 +623,7 @@ class Index:
         A client whose system was replaced by a fresh reopen is left to the garbage collector:
         closing it would release the new system, which other handles use.
         """
+        self._stop_retired()
         close = getattr(self.client, "close", None)
         if close is None or (
             self._system is not None and _chroma_system(self.client) is not self._system
