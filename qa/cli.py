@@ -1,4 +1,4 @@
-"""The `qa` command: ingest, ask, chat, serve, eval, resolve.
+"""The `qa` command: ingest, papers, remove, ask, chat, serve, eval, resolve.
 
 Every subcommand reads the one Settings object; flags override it for that run. Errors a user
 can act on (bad file, missing key, dead server, unreachable index) print one clear line and
@@ -47,21 +47,95 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    """Load files (default: the bundled seeds) and upsert them into the index."""
+    """Record files (default: the bundled seeds) in the corpus record, then update the index."""
     from qa.corpus import read_corpus
-    from qa.index import build_index, export_vector_cache, open_index
+    from qa.index import export_vector_cache, open_index
+    from qa.ingest import build_index
+    from qa.store import BUNDLED, USER, open_store
 
     settings = _settings(args)
-    paths = args.paths or [settings.seeds_dir]
-    report = read_corpus(paths)
-    for warning in report.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(f"loaded {len(report.papers)} papers from {', '.join(map(str, paths))}")
-    ingest = build_index(report.papers, settings=settings, rebuild=args.rebuild)
+    rebuild = args.rebuild or args.reembed
+    paths = args.paths
+    if not paths and not (rebuild and open_store(settings).count()):
+        paths = [settings.seeds_dir]  # `--rebuild` alone re-reads the record, not the seeds
+    papers, origin = [], USER
+    if paths:
+        report = read_corpus(paths)
+        for warning in report.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        for note in report.kept_both:
+            print(f"note: {note}", file=sys.stderr)
+        print(
+            f"loaded {len(report.papers)} papers from {', '.join(map(str, paths))} "
+            f"({report.records} records: {report.merged} merged as duplicates, "
+            f"{len(report.kept_both)} kept beside another version of their ID, "
+            f"{report.skipped} skipped)"
+        )
+        papers = report.papers
+        origin = BUNDLED if all(_inside(p, settings.seeds_dir) for p in paths) else USER
+    ingest = build_index(papers, settings=settings, rebuild=rebuild, origin=origin)
+    for note in ingest.notes():
+        print(f"note: {note}", file=sys.stderr)
     print(ingest.summary())
     if args.save_vector_cache:
         print(f"vector cache written to {export_vector_cache(open_index(settings))}")
     return 0
+
+
+def _inside(path, folder) -> bool:
+    from pathlib import Path
+
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
+def cmd_papers(args: argparse.Namespace) -> int:
+    """What the corpus record holds: counts by origin and source file, or every paper."""
+    from collections import Counter
+
+    from qa.index import target_of
+    from qa.store import open_store
+
+    settings = _settings(args)
+    store = open_store(settings)
+    if not store.exists():
+        print(f"no corpus record yet at {store.path}; `qa ingest` (or the first question) makes it")
+        return 0
+    papers, origins = store.papers(), store.origins()
+    if args.json:
+        rows = [dict(p.to_dict(), origin=origins.get(p.key)) for p in papers]
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    if args.list:
+        for p in papers:
+            ident = f"arXiv:{p.arxiv_id}" if p.arxiv_id else f"ref:{p.key}"
+            print(f"{ident}\t{origins.get(p.key)}\t{','.join(p.sources)}\t{p.title}")
+        return 0
+    by_origin = Counter(origins.get(p.key) for p in papers)
+    print(
+        f"{len(papers)} papers in {store.path} ({by_origin['bundled']} bundled, "
+        f"{by_origin['user']} added by you)"
+    )
+    for source, n in sorted(Counter(s for p in papers for s in p.sources).items()):
+        print(f"  {n:6d}  {source}")
+    active = store.active(target_of(settings))
+    if active:
+        print(f"index: collection {active.name}, {active.chunks} chunks, built with {active.model}")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    """Take papers out of the corpus record and the index."""
+    from qa.ingest import remove_papers
+
+    settings = _settings(args)
+    gone, missing, report = remove_papers(args.ids, settings=settings)
+    for ident in missing:
+        print(
+            f"warning: {ident} is not in the corpus record (see `qa papers --list`)",
+            file=sys.stderr,
+        )
+    print(f"removed {len(gone)} papers ({', '.join(gone) or 'none'}); {report.summary()}")
+    return 0 if gone or not missing else EXIT_USER_ERROR
 
 
 def _print_answer(answer, as_json: bool) -> None:
@@ -196,12 +270,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="index the bundled seeds or your own files")
     p.add_argument("paths", nargs="*", help="files or folders (txt layouts, JSONL, CSV)")
-    p.add_argument("--rebuild", action="store_true", help="drop the index and rebuild it")
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="rebuild the index from the whole corpus record, beside the old one (repairs a "
+        "damaged index; applies a new embedding model)",
+    )
+    p.add_argument("--reembed", action="store_true", help="same as --rebuild")
     p.add_argument("--embeddings", help="embedding spec (default: QA_EMBEDDINGS)")
     p.add_argument(
         "--save-vector-cache", action="store_true", help="write the shipped vector cache"
     )
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("papers", help="what the corpus record holds, and where it came from")
+    p.add_argument("--list", action="store_true", help="one line per paper")
+    p.add_argument("--json", action="store_true", help="every paper as JSON")
+    p.set_defaults(func=cmd_papers)
+
+    p = sub.add_parser("remove", help="take papers out of the corpus record and the index")
+    p.add_argument("ids", nargs="+", help="arXiv IDs or ref: keys (see `qa papers --list`)")
+    p.set_defaults(func=cmd_remove)
 
     for name, func, text in (
         ("ask", cmd_ask, "answer one question"),

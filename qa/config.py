@@ -188,6 +188,17 @@ class Settings(BaseSettings):
             )
         return self
 
+    # corpus record and writers (issue 9)
+    corpus_path: Path | None = Field(
+        None,
+        description="SQLite corpus record, the source of truth the index is built from "
+        "(default: persist_dir/corpus.sqlite3). With QA_CHROMA_URL, every writer must use "
+        "the same path.",
+    )
+    writer_wait: float = Field(
+        600.0, ge=0, description="Seconds `qa ingest`/`qa remove` wait for another writer."
+    )
+
     @property
     def resolve_cache_path(self) -> Path:
         return self.resolve_cache or self.persist_dir / "resolved.tsv"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -100,6 +101,14 @@ class Paper:
 class CorpusReport:
     papers: list[Paper]
     warnings: list[str] = field(default_factory=list)
+    records: int = 0  # records read, before de-duplication
+    merged: int = 0  # records that were another copy of a paper already read (sources merged)
+    kept_both: list[str] = field(default_factory=list)  # same ID, other abstract: both kept
+
+    @property
+    def skipped(self) -> int:
+        """Record-level problems that dropped a record (each has its own warning line)."""
+        return sum("skipped" in w for w in self.warnings)
 
 
 # ---------------------------------------------------------------- text helpers
@@ -554,16 +563,12 @@ class Metadata:
 
 
 def _identity(paper: Paper) -> list[str]:
-    """Keys under which two records are one paper. The abstract counts twice: with LaTeX
-    commands dropped (`normalize`) and with only their backslash dropped, so "$\\sim0.01$%"
-    in one file meets "sim0.01%" in another (the 002/004 twin)."""
+    """Keys under which two records are one paper: the abstract, never a title alone (three
+    different papers may all be titled "Introduction"). It counts twice: with LaTeX commands
+    dropped (`normalize`) and with only their backslash dropped, so "$\\sim0.01$%" in one
+    file meets "sim0.01%" in another (the 002/004 twin)."""
     plain = re.sub(r"[^a-z0-9]+", "", paper.abstract.lower())
-    ids = [f"abs:{normalize(paper.abstract)}", f"plain:{plain}"]
-    if paper.arxiv_id:
-        ids.append(f"id:{paper.arxiv_id}")
-    if paper.title:
-        ids.append(f"title:{normalize(paper.title)}")
-    return ids
+    return [f"abs:{normalize(paper.abstract)}", f"plain:{plain}"]
 
 
 def _latex_debris(text: str) -> int:
@@ -586,21 +591,53 @@ def _same_paper(a: Paper, b: Paper) -> bool:
     return not (a.arxiv_id and b.arxiv_id and a.arxiv_id != b.arxiv_id)
 
 
-def deduplicate(papers: Iterable[Paper]) -> list[Paper]:
-    """One paper per arXiv ID, normalised title or abstract; first occurrence's order."""
+def as_variant(paper: Paper) -> Paper:
+    """Another version of an arXiv ID already held, kept beside it under its content key.
+
+    It does not claim the ID (two abstracts must not share one `[arXiv:ID]` citation, and
+    which one arXiv has is not known here); its comment says which ID the file gave.
+    """
+    note = f"arXiv ID {paper.arxiv_id} given, but another abstract is held under it"
+    comment = f"{paper.comment}; {note}" if paper.comment else note
+    return dataclasses.replace(
+        paper, key=content_key(paper.abstract), arxiv_id=None, comment=comment
+    )
+
+
+def deduplicate(papers: Iterable[Paper], report: CorpusReport | None = None) -> list[Paper]:
+    """One paper per abstract (first occurrence's order). A record with the ID of an
+    earlier one but another abstract is kept too, as a variant (see `as_variant`); `report`
+    counts the merged records and names every kept-both ID."""
+    report = report if report is not None else CorpusReport([])
     unique: list[Paper] = []
     seen: dict[str, Paper] = {}
+    by_id: dict[str, Paper] = {}
     for paper in papers:
-        twins = (seen[i] for i in _identity(paper) if i in seen)
-        twin = next((t for t in twins if _same_paper(t, paper)), None)
+        twin = _twin(paper, seen)
+        held = by_id.get(paper.arxiv_id) if paper.arxiv_id else None
+        if twin is None and held is not None:
+            variant = as_variant(paper)
+            report.kept_both.append(
+                f"{paper.arxiv_id}: {', '.join(paper.sources)} gives another abstract than "
+                f"{', '.join(held.sources)}; kept both (the later as ref:{variant.key})"
+            )
+            paper, twin = variant, _twin(variant, seen)
         if twin is None:
             unique.append(paper)
             twin = paper
         else:
             merge(twin, paper)
+            report.merged += 1
         for i in _identity(twin):
             seen.setdefault(i, twin)
+        if twin.arxiv_id:
+            by_id.setdefault(twin.arxiv_id, twin)
     return unique
+
+
+def _twin(paper: Paper, seen: dict[str, Paper]) -> Paper | None:
+    twins = (seen[i] for i in _identity(paper) if i in seen)
+    return next((t for t in twins if _same_paper(t, paper)), None)
 
 
 # ---------------------------------------------------------------- public entry points
@@ -650,7 +687,9 @@ def read_corpus(
         warnings += report.warnings
     for warning in warnings:
         log.warning(warning)
-    return CorpusReport(deduplicate(papers), warnings)
+    report = CorpusReport([], warnings, records=len(papers))
+    report.papers = deduplicate(papers, report)
+    return report
 
 
 def load_corpus(paths: str | Path | Iterable[str | Path] | None = None) -> list[Paper]:

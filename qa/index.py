@@ -1,23 +1,23 @@
-"""Papers → chunks → Chroma (embedded or server), idempotently.
+"""Chunks and the Chroma collection (embedded or server) they live in, as readers see it.
 
-Chunks are the paper's title plus a slice of its abstract sized to the embedding model's window,
-with deterministic IDs `"{key}#{i}"`. Every chunk carries its paper's content hash, so a re-run
-skips unchanged papers and an interrupted run resumes where it stopped. The collection records
-which embedding model built it; a different model means a rebuild, never mixed vectors.
+The corpus record (qa/store.py) is the source of truth; the collection is derived from it by
+the writer side (qa/ingest.py). Chunks are the paper's title plus a slice of its abstract sized
+to the embedding model's window, with deterministic IDs `"{key}#{i}"`, each carrying its
+paper's content hash. An `Index` is a handle on the active collection (the record names it);
+readers never write through it and reopen it when the record's generation changes.
+`build_index`, `ensure_index` and `remove_papers` live in qa/ingest.py and are importable
+from here as before.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
 import re
-import shutil
 import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlparse
@@ -28,23 +28,18 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 import chromadb
 from chromadb.config import Settings as ChromaSettings
-from langchain_chroma import Chroma
 from langchain_core.embeddings import Embeddings
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from qa.config import PROJECT_ROOT, Settings, get_settings
 from qa.corpus import Paper
 from qa.embeddings import get_embeddings, token_length
+from qa.store import CorpusStore, IndexUnavailable, corpus_path, fault_reason, open_store
 
 log = logging.getLogger(__name__)
 
 VECTOR_CACHE_DIR = PROJECT_ROOT / "seeds" / "vectors"
-WRITE_BATCH = 256  # chunks per upsert; a paper's chunks always go in one call
 CHROMA_TIMEOUT_SECONDS = 60.0  # per request to a Chroma server (large upserts included)
-
-
-class IndexUnavailable(RuntimeError):
-    """The index cannot be opened or reached; the message says what to do."""
 
 
 # ---------------------------------------------------------------- chunks
@@ -125,7 +120,8 @@ def _title_prefix(title: str, max_tokens: int, length: Callable[[str], int]) -> 
 
 
 def paper_from_metadata(meta: dict) -> Paper:
-    """Rebuild a Paper from its first chunk's metadata (Chroma is the source of truth)."""
+    """Rebuild a Paper from its first chunk's metadata (what a hit shows; also how an index
+    from before the corpus record is adopted into it)."""
     return Paper(
         key=meta["key"],
         arxiv_id=meta.get("arxiv_id") or None,
@@ -211,8 +207,13 @@ def _describe_location(settings: Settings) -> str:
     return f"the index at {settings.persist_dir} (QA_PERSIST_DIR)"
 
 
-def make_client(settings: Settings) -> chromadb.ClientAPI:
-    """An embedded PersistentClient, or an HttpClient when QA_CHROMA_URL is set."""
+def make_client(settings: Settings, fresh: bool = False) -> chromadb.ClientAPI:
+    """An embedded PersistentClient, or an HttpClient when QA_CHROMA_URL is set.
+
+    `fresh`: a new embedded system even if this process has one for the path. An embedded
+    client keeps its vector index in memory and never sees another process's writes (queries
+    then fail with "Error finding id"); a reader reopens this way when the record changes.
+    """
     try:
         if settings.chroma_url:
             url = urlparse(settings.chroma_url)
@@ -229,8 +230,10 @@ def make_client(settings: Settings) -> chromadb.ClientAPI:
             )
             _bound_http_timeout(client)
             return client
-        _check_store_files(Path(settings.persist_dir))
+        _check_store_files(settings)
         settings.persist_dir.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            _detach_chroma_system(str(settings.persist_dir))
         return chromadb.PersistentClient(
             path=str(settings.persist_dir), settings=_chroma_settings()
         )
@@ -239,7 +242,7 @@ def make_client(settings: Settings) -> chromadb.ClientAPI:
     except Exception as exc:  # chromadb raises many kinds; the user needs one message
         if not settings.chroma_url:
             _discard_chroma_system(str(settings.persist_dir))
-        raise IndexUnavailable(unavailable_message(settings, exc)) from exc
+        raise chroma_error(settings, exc) from exc
 
 
 def _heartbeat(url: str) -> None:
@@ -306,23 +309,41 @@ def _discard_chroma_system(identifier: str) -> None:
             log.debug("stopping a broken Chroma system: %s", exc)
 
 
+def _detach_chroma_system(identifier: str) -> None:
+    """Make the next client for this path start a new system; clients of the old one keep
+    working (a query in flight in another thread finishes) until they are dropped."""
+    try:
+        from chromadb.api.shared_system_client import SharedSystemClient
+    except ImportError:  # pragma: no cover - a chromadb without the shared cache
+        return
+    with SharedSystemClient._refcount_lock:
+        SharedSystemClient._identifier_to_system.pop(identifier, None)
+        SharedSystemClient._identifier_to_refcount.pop(identifier, None)
+
+
 STORE_FILE = "chroma.sqlite3"
 KEPT_FILES = {"resolved.tsv"}  # user data that lives beside the store and survives a rebuild
 
 
-def _check_store_files(path: Path) -> None:
+def is_kept_file(name: str, settings: Settings) -> bool:
+    """Files in the store folder that are not Chroma's, which a rebuild never deletes: the
+    resolve cache, hidden files, the corpus record with its -wal, -shm and .lock files."""
+    record = corpus_path(settings).name
+    return name in KEPT_FILES or name.startswith((record, "."))
+
+
+def _check_store_files(settings: Settings) -> None:
     """An embedded store whose segment folders remain but whose database is gone is damaged.
 
     Chroma would silently start an empty database next to the orphaned vectors; say so instead.
     (A missing or empty folder is simply "no index yet" and gets built on first use.)
     """
+    path = Path(settings.persist_dir)
     if not path.is_dir() or (path / STORE_FILE).exists():
         return
-    leftovers = [  # hidden files (the repo's .gitkeep) are not Chroma's
-        c.name for c in path.iterdir() if c.name not in KEPT_FILES and not c.name.startswith(".")
-    ]
+    leftovers = [c.name for c in path.iterdir() if not is_kept_file(c.name, settings)]
     if leftovers:
-        raise IndexUnavailable(
+        raise StoreDamaged(
             f"cannot use the index at {path} (QA_PERSIST_DIR): {STORE_FILE} is missing but "
             f"{len(leftovers)} other index file(s) remain; run `qa ingest --rebuild` to rebuild it"
         )
@@ -335,46 +356,197 @@ def _server_hint(url: str) -> str:
     return f"is the server running (`chroma run --path <dir> --host {host} --port {port}`)?"
 
 
+class StoreDamaged(IndexUnavailable):
+    """An embedded Chroma store that fails for no resource reason: only `--rebuild` may wipe
+    it (an embedding, corpus-record, full-disk or read-only failure never counts as this)."""
+
+
+def chroma_error(settings: Settings, exc: BaseException) -> IndexUnavailable:
+    """The one-line error for a failed Chroma call (StoreDamaged when the files are at fault)."""
+    damaged = not settings.chroma_url and fault_reason(exc) is None
+    return (StoreDamaged if damaged else IndexUnavailable)(unavailable_message(settings, exc))
+
+
 def unavailable_message(settings: Settings, exc: BaseException) -> str:
+    """One line: where, what went wrong (a full disk or read-only store by name), the fix."""
     what = _describe_location(settings)
+    fault = fault_reason(exc)
+    if fault == "the disk is full":
+        return (
+            f"cannot use {what}: the disk is full; free some space and run the same command "
+            "again (every recorded paper is kept)"
+        )
+    if fault:
+        return (
+            f"cannot use {what}: {fault} (an embedded Chroma store needs write access even to "
+            "answer); make it writable, or copy the folder and point QA_PERSIST_DIR at the copy"
+        )
     hint = (
         _server_hint(settings.chroma_url)
         if settings.chroma_url
-        else "run `qa ingest --rebuild` to rebuild it"
+        else "run `qa ingest --rebuild` to rebuild it from the corpus record"
     )
     reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     return f"cannot use {what}: {reason}; {hint}"
 
 
-class Index:
-    """One Chroma collection plus the embeddings that built it."""
+def target_of(settings: Settings) -> str:
+    """This index's name in the corpus record: where it lives and its collection name."""
+    return f"{settings.chroma_url or 'embedded'}|{settings.collection}"
 
-    def __init__(self, settings: Settings, embeddings: Embeddings | None = None):
+
+class GuardedEmbeddings(Embeddings):
+    """The configured embeddings, with a failing backend turned into one clear message."""
+
+    def __init__(self, inner: Embeddings, spec: str):
+        self.inner = inner
+        self.spec = spec
+        self.model_id: str = getattr(inner, "model_id", type(inner).__name__)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self._call(self.inner.embed_documents, texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._call(self.inner.embed_query, text)
+
+    def _call(self, fn: Callable, arg):
+        try:
+            return fn(arg)
+        except IndexUnavailable:
+            raise
+        except Exception as exc:  # HTTP, ONNX, import errors: the user needs one line
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise IndexUnavailable(
+                f"the embedding model {self.spec!r} (QA_EMBEDDINGS) failed: {reason}; start or "
+                "fix that backend, or set QA_EMBEDDINGS to the model the index was built with"
+            ) from exc
+
+
+def _load_embeddings(settings: Settings) -> Embeddings:
+    try:
+        inner = get_embeddings(settings.embeddings)
+    except Exception as exc:  # unknown spec, missing key, missing extra
+        raise IndexUnavailable(
+            f"cannot load the embedding model {settings.embeddings!r} (QA_EMBEDDINGS): {exc}"
+        ) from exc
+    return GuardedEmbeddings(inner, settings.embeddings)
+
+
+def _chroma_system(client: chromadb.ClientAPI):
+    """The shared system a client runs on (None for a server client)."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    ident = getattr(client, "_identifier", None)
+    return SharedSystemClient._identifier_to_system.get(ident) if ident else None
+
+
+class Index:
+    """One Chroma collection (the active one, unless `name` says which) plus its embeddings."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        embeddings: Embeddings | None = None,
+        *,
+        name: str | None = None,
+        create: bool = False,
+    ):
         self.settings = settings
-        self.embeddings = embeddings or get_embeddings(settings.embeddings)
+        self.embeddings = embeddings or _load_embeddings(settings)
         self.model_id: str = getattr(self.embeddings, "model_id", type(self.embeddings).__name__)
-        self.client = make_client(settings)
+        self.corpus: CorpusStore = open_store(settings)
         self.lock = threading.RLock()
         # Writes made through this handle: a reader in the same process (the keyword index)
         # can see its own process's changes at once, without a round-trip to Chroma.
         self.writes = 0
-        self.store = self._open_store()
+        self.generation = self.corpus.generation()
+        self.client = make_client(settings)
+        self._system = _chroma_system(self.client)
+        self._retired_systems: list = []
+        self.pinned = name is not None  # a collection being built: never follows the pointer
+        self.name = name or self._active_name()
+        self._collection = self._open_collection(create)
 
-    def _open_store(self, revision: int = 0) -> Chroma:
+    def _active_name(self) -> str:
+        active = self.corpus.active(target_of(self.settings))
+        return active.name if active else self.settings.collection
+
+    def _open_collection(self, create: bool) -> chromadb.Collection | None:
+        """The collection (created when `create`), or None when it does not exist yet."""
         try:
-            return Chroma(
-                collection_name=self.settings.collection,
-                embedding_function=self.embeddings,
-                client=self.client,
-                collection_metadata={"embedding_model": self.model_id, "revision": revision},
-                collection_configuration={"hnsw": {"space": "cosine"}},
-            )
+            if create:
+                return self.client.get_or_create_collection(
+                    self.name,
+                    metadata={
+                        "embedding_model": self.model_id,
+                        "embedding_spec": self.settings.embeddings,
+                        "revision": 0,
+                    },
+                    configuration={"hnsw": {"space": "cosine"}},
+                    embedding_function=None,
+                )
+            return self.client.get_collection(self.name, embedding_function=None)
+        except chromadb.errors.NotFoundError:
+            return None
         except Exception as exc:
-            raise IndexUnavailable(unavailable_message(self.settings, exc)) from exc
+            raise chroma_error(self.settings, exc) from exc
+
+    @property
+    def exists(self) -> bool:
+        return self._collection is not None
 
     @property
     def collection(self) -> chromadb.Collection:
-        return self.store._collection
+        if self._collection is None:
+            raise IndexUnavailable(
+                f"there is no index yet in {_describe_location(self.settings)}; run "
+                "`qa ingest` to build it from the corpus record"
+            )
+        return self._collection
+
+    def create(self) -> None:
+        """Writers only: create the collection if it does not exist."""
+        if self._collection is None:
+            self._collection = self._open_collection(create=True)
+
+    def sync(self) -> None:
+        """Pick up what a writer committed since (new papers, a switched collection).
+
+        Cheap when nothing changed (one read of the record's generation). An embedded store
+        is reopened on a fresh Chroma system: the old one's in-memory vectors are stale.
+        """
+        generation = self.corpus.generation()
+        if generation == self.generation or self.pinned:
+            return
+        with self.lock:
+            if generation == self.generation:
+                return
+            if not self.settings.chroma_url:
+                self._retire_system()
+                self.client = make_client(self.settings, fresh=True)
+                self._system = _chroma_system(self.client)
+            self.name = self._active_name()
+            self._collection = self._open_collection(create=False)
+            if self.exists:
+                check_model(self)  # raises until fixed: the generation stays unseen
+            self.generation = generation
+            self.note_write()
+
+    def _retire_system(self) -> None:
+        """Before a reopen: stop the system the previous reopen replaced (its in-memory
+        vectors would otherwise stay for the life of the process, measured ~1.5 MB per
+        reopen at 517 papers); the one replaced now may still serve a question in flight in
+        another thread, so it is stopped at the next reopen (or on close)."""
+        self._stop_retired()
+        self._retired_systems = [self._system] if self._system is not None else []
+
+    def _stop_retired(self) -> None:
+        for system in self._retired_systems:
+            try:
+                system.stop()
+            except Exception as exc:  # a system that cannot stop cleanly is dropped anyway
+                log.debug("stopping a replaced Chroma system: %s", exc)
+        self._retired_systems = []
 
     def call(self, fn: Callable, *args, **kwargs):
         """Run a Chroma call, turning its many failure types into one clear error."""
@@ -383,21 +555,34 @@ class Index:
         except IndexUnavailable:
             raise
         except Exception as exc:
-            raise IndexUnavailable(unavailable_message(self.settings, exc)) from exc
+            raise chroma_error(self.settings, exc) from exc
 
     def metadata(self) -> dict:
         """Collection metadata, fetched fresh: another process may have written since."""
-        fresh = self.call(self.client.get_collection, self.settings.collection)
+        fresh = self.call(self.client.get_collection, self.name, embedding_function=None)
         return dict(fresh.metadata or {})
 
     def revision(self) -> int:
+        """The committed state's number: the record's generation (the collection's own
+        revision stamp for an index that has no corpus record)."""
+        if self.corpus.exists() and not self.pinned:
+            return self.generation
         return int(self.metadata().get("revision", 0))
+
+    def snapshot(self) -> tuple[int, int]:
+        """(revision, chunks) of the last committed write: what readers' keyword index
+        follows, so chunks a writer is still adding are not seen half-way."""
+        active = self.corpus.active(target_of(self.settings)) if not self.pinned else None
+        if active and active.name == self.name:
+            return self.generation, active.chunks
+        return self.revision(), self.count()
 
     def built_with(self) -> str | None:
         return self.metadata().get("embedding_model")
 
     def count(self) -> int:
-        return self.call(self.collection.count)
+        """Chunks in the collection (0 when there is no index yet)."""
+        return self.call(self._collection.count) if self.exists else 0
 
     def note_write(self) -> None:
         self.writes += 1
@@ -407,6 +592,7 @@ class Index:
         meta = self.metadata()
         meta["revision"] = int(meta.get("revision", 0)) + 1
         meta["embedding_model"] = self.model_id
+        meta["embedding_spec"] = self.settings.embeddings
         self.call(self.collection.modify, metadata=meta)
 
     def existing_hashes(self) -> dict[str, Stored]:
@@ -430,7 +616,7 @@ class Index:
         return seen
 
     def all_papers(self) -> list[Paper]:
-        """Every paper the collection holds (from first chunks), e.g. to re-embed them."""
+        """Every paper the collection holds (from first chunks): adopting a pre-record index."""
         papers: list[Paper] = []
         total = self.count()
         for offset in range(0, total, 5000):
@@ -451,33 +637,38 @@ class Index:
         got = self.call(self.collection.get, ids=[f"{k}#0" for k in keys], include=["metadatas"])
         return {m["key"]: paper_from_metadata(m) for m in got["metadatas"]}
 
-    def drop(self) -> None:
-        """Delete the collection (rebuild, or a change of embedding model).
-
-        The new collection's revision continues the old one's, so a keyword index built from
-        the old collection never mistakes the new one (same revision and count) for it.
-        """
-        with self.lock:
-            try:
-                revision = self.revision() + 1
-            except IndexUnavailable:
-                revision = 1
-            try:
-                self.client.delete_collection(self.settings.collection)
-            except Exception as exc:  # absent already is fine
-                log.debug("delete_collection: %s", exc)
-            self.store = self._open_store(revision)
-            self.note_write()
-
     def close(self) -> None:
-        """Release the client (an embedded store's database handles) for good."""
+        """Release the client (an embedded store's database handles) for good.
+
+        A client whose system was replaced by a fresh reopen is left to the garbage collector:
+        closing it would release the new system, which other handles use.
+        """
+        self._stop_retired()
         close = getattr(self.client, "close", None)
-        if close is None:
+        if close is None or (
+            self._system is not None and _chroma_system(self.client) is not self._system
+        ):
             return
         try:
             close()
         except Exception as exc:  # closing a broken client must not mask the real error
             log.debug("closing the Chroma client: %s", exc)
+
+
+def check_model(index: Index) -> None:
+    """Refuse to query or extend a collection built with another embedding model."""
+    built = index.metadata()
+    built_with = built.get("embedding_model")
+    if not built_with or built_with == index.model_id or index.count() == 0:
+        return
+    spec = built.get("embedding_spec")
+    back = f"set QA_EMBEDDINGS={spec} again" if spec else "set QA_EMBEDDINGS back"
+    raise IndexUnavailable(
+        f"{_describe_location(index.settings)} was built with the embedding model {built_with}, "
+        f"but QA_EMBEDDINGS={index.settings.embeddings} selects {index.model_id}; run "
+        f"`qa ingest --rebuild` to re-embed every recorded paper with it (the current index "
+        f"keeps answering until that finishes), or {back}"
+    )
 
 
 class Stored(NamedTuple):
@@ -501,16 +692,19 @@ def _index_key(settings: Settings) -> tuple:
 
 
 def open_index(settings: Settings | None = None) -> Index:
-    """The shared Index for these settings (one client per path, as Chroma requires)."""
+    """The shared reader handle for these settings (one client per path, as Chroma requires),
+    brought up to date with what writers have committed since."""
     settings = settings or get_settings()
     key = _index_key(settings)
     with _INDEXES_LOCK:
         if key not in _INDEXES:
             _INDEXES[key] = Index(settings)
-        return _INDEXES[key]
+        index = _INDEXES[key]
+    index.sync()
+    return index
 
 
-def _forget_index(settings: Settings) -> None:
+def forget_index(settings: Settings) -> None:
     with _INDEXES_LOCK:
         index = _INDEXES.pop(_index_key(settings), None)
     if index is not None:
@@ -530,227 +724,13 @@ def forget_indexes() -> None:
         index.close()
 
 
-# ---------------------------------------------------------------- building
+_WRITER_SIDE = {"IngestReport", "build_index", "ensure_index", "remove_papers"}
 
 
-@dataclass
-class IngestReport:
-    papers: int = 0
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    removed: int = 0
-    chunks_written: int = 0
-    vectors_from_cache: int = 0
-    vectors_computed: int = 0
-    rebuilt: str | None = None
-    seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)
+def __getattr__(name: str):
+    """The writer side moved to qa/ingest.py; `from qa.index import build_index` still works."""
+    if name in _WRITER_SIDE:
+        from qa import ingest
 
-    def summary(self) -> str:
-        parts = [
-            f"{self.papers} papers: {self.added} added, {self.updated} updated, "
-            f"{self.unchanged} unchanged",
-            f"{self.chunks_written} chunks written "
-            f"({self.vectors_from_cache} vectors from cache, {self.vectors_computed} computed)",
-            f"{self.seconds:.1f} s",
-        ]
-        if self.rebuilt:
-            parts.insert(0, f"rebuilt ({self.rebuilt})")
-        return "; ".join(parts)
-
-
-def _wipe_corrupt_store(settings: Settings) -> None:
-    """`--rebuild` of an embedded store that cannot even be opened: start from an empty dir."""
-    path = Path(settings.persist_dir)
-    _forget_index(settings)
-    if settings.chroma_url or not path.exists():
-        return
-    for child in path.iterdir():
-        if child.name in KEPT_FILES or child.name.startswith("."):  # user data, .gitkeep
-            continue
-        if child.is_dir():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
-def _open_for_build(settings: Settings, rebuild: bool) -> tuple[Index, str | None, list[Paper]]:
-    """The index to write to, why it was rebuilt (if it was), and papers to carry over."""
-    if rebuild and not settings.chroma_url:
-        # A handle opened earlier in this process may hold a database that has since been
-        # deleted or damaged (Chroma keeps serving it, read-only): look at the files afresh.
-        _forget_index(settings)
-    try:
-        index = open_index(settings)
-        if rebuild:
-            index.drop()
-            index.count()  # the recreated collection must be usable, not just created
-            return index, "requested", []
-    except IndexUnavailable:
-        if not rebuild or settings.chroma_url:
-            raise
-        _wipe_corrupt_store(settings)
-        return open_index(settings), "the old index could not be opened", []
-    built_with = index.built_with()
-    if built_with and built_with != index.model_id and index.count():
-        # Re-embed everything the old collection holds (Chroma is the source of truth, and
-        # papers ingested from the user's own files are not in the seeds), then start over.
-        carried = index.all_papers()
-        log.warning(
-            "index built with %s, now using %s: rebuilding its %d papers",
-            built_with,
-            index.model_id,
-            len(carried),
-        )
-        index.drop()
-        return index, f"embedding model changed from {built_with} to {index.model_id}", carried
-    return index, None, []
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="paper", desc="indexing", disable=not enabled or total < 20)
-
-
-def build_index(
-    papers: Iterable[Paper] | None = None,
-    *,
-    settings: Settings | None = None,
-    rebuild: bool = False,
-    prune: bool = False,
-    progress: bool = True,
-) -> IngestReport:
-    """`qa.build_index`: upsert papers' chunks; unchanged papers are skipped.
-
-    With `prune`, papers the collection holds that are not in `papers` are removed (used when
-    the bundled corpus is the whole truth); otherwise ingesting more files only adds.
-    """
-    from qa.corpus import load_corpus
-
-    settings = settings or get_settings()
-    start = time.perf_counter()
-    papers = list(papers) if papers is not None else load_corpus(settings.seeds_dir)
-    index, rebuilt, carried = _open_for_build(settings, rebuild)
-    if carried:
-        given = {p.key for p in papers}
-        papers += [p for p in carried if p.key not in given]
-    report = IngestReport(papers=len(papers), rebuilt=rebuilt)
-    with index.lock:
-        existing = index.existing_hashes()
-        todo = []
-        relabel: list[tuple[Paper, Stored]] = []
-        for paper in _unique(papers):
-            have = existing.get(paper.key)
-            digest = paper_hash(paper, settings.chunk_tokens)
-            if have and have.digest == digest and have.present == have.expected:
-                report.unchanged += 1
-                if not set(paper.sources) <= set(have.sources):
-                    relabel.append((paper, have))
-            else:
-                todo.append((paper, have))
-        if relabel:
-            _merge_sources(index, relabel)
-        embedder = CachedEmbeddings(index.embeddings, index.model_id)
-        with _progress(len(todo), progress) as bar:
-            for batch in _batches(todo, WRITE_BATCH):
-                _write_batch(index, embedder, batch, report)
-                bar.update(len(batch))
-        if prune:
-            _prune(index, existing, {p.key for p in papers}, report)
-        report.vectors_from_cache = embedder.hits
-        report.vectors_computed = embedder.computed
-        if report.chunks_written or report.removed or rebuilt or relabel:
-            index.bump_revision()
-    report.seconds = time.perf_counter() - start
-    log.info("ingest: %s", report.summary())
-    return report
-
-
-def _unique(papers: list[Paper]) -> list[Paper]:
-    """One paper per key (the last one given wins), so a batch never upserts an ID twice."""
-    return list({p.key: p for p in papers}.values())
-
-
-def _merge_sources(index: Index, relabel: list[tuple[Paper, Stored]]) -> None:
-    """Add the names of files that repeat stored papers to their chunks' `sources`."""
-    index.note_write()
-    ids: list[str] = []
-    metadatas: list[dict] = []
-    for paper, have in relabel:
-        merged = ",".join(dict.fromkeys([*have.sources, *paper.sources]))
-        for i in range(have.expected):
-            ids.append(f"{paper.key}#{i}")
-            metadatas.append({"sources": merged})
-    for start in range(0, len(ids), 1000):
-        index.call(
-            index.collection.update,
-            ids=ids[start : start + 1000],
-            metadatas=metadatas[start : start + 1000],
-        )
-
-
-def _batches(todo: list, max_chunks: int) -> Iterable[list]:
-    """Group papers so each upsert holds whole papers and about `max_chunks` chunks."""
-    batch: list = []
-    for item in todo:
-        batch.append(item)
-        if len(batch) >= max(1, max_chunks // 2):
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _write_batch(index: Index, embedder: Embeddings, batch: list, report: IngestReport) -> None:
-    chunks: list[Chunk] = []
-    stale: list[str] = []
-    for paper, have in batch:
-        if have and not set(have.sources) <= set(paper.sources):
-            # a file's papers keep the names of the other files they also came from
-            paper = dataclasses.replace(
-                paper, sources=list(dict.fromkeys([*have.sources, *paper.sources]))
-            )
-        new = chunk_paper(paper, index.settings.chunk_tokens)
-        chunks += new
-        if have:
-            report.updated += 1
-            stale += [f"{paper.key}#{i}" for i in range(len(new), max(have.present, have.expected))]
-        else:
-            report.added += 1
-    # Embed first (the slow part), then write, then remove the tail a shorter version no
-    # longer has: a kill at any point leaves each paper whole or detectably mixed (its chunks'
-    # hashes or counts disagree), and the next run redoes exactly those papers.
-    vectors = embedder.embed_documents([c.text for c in chunks])
-    index.note_write()
-    index.call(
-        index.collection.upsert,
-        ids=[c.id for c in chunks],
-        documents=[c.text for c in chunks],
-        metadatas=[c.metadata for c in chunks],
-        embeddings=vectors,
-    )
-    if stale:
-        index.call(index.collection.delete, ids=stale)
-    report.chunks_written += len(chunks)
-
-
-def _prune(index: Index, existing: dict, keep: set[str], report: IngestReport) -> None:
-    gone = [key for key in existing if key not in keep]
-    if gone:
-        index.note_write()
-    for key in gone:
-        n = max(existing[key][1], existing[key][2])
-        index.call(index.collection.delete, ids=[f"{key}#{i}" for i in range(n)])
-    report.removed = len(gone)
-
-
-def ensure_index(settings: Settings | None = None, progress: bool = True) -> Index:
-    """Open the index, building it from the bundled seeds when it is empty."""
-    settings = settings or get_settings()
-    index = open_index(settings)
-    built_with = index.built_with()
-    if index.count() == 0 or (built_with and built_with != index.model_id):
-        build_index(settings=settings, progress=progress)
-    return index
+        return getattr(ingest, name)
+    raise AttributeError(f"module 'qa.index' has no attribute {name!r}")

@@ -111,7 +111,7 @@ class KeywordIndex:
     writes: int = -1  # the Index's in-process write count at the last check
 
     def rebuild(self, index: Index) -> None:
-        revision, count = index.revision(), index.count()
+        revision, count = index.snapshot()  # the last committed write, not one in progress
         cache = _cache_dir(index, revision, count)
         if self._load(cache, revision, count):
             return
@@ -200,7 +200,7 @@ class KeywordIndex:
         recent = time.monotonic() - self.checked_at < STALE_CHECK_SECONDS
         if self.model is not None and recent and index.writes == self.writes:
             return  # other processes' writes are seen within STALE_CHECK_SECONDS; ours at once
-        if self.model is None or (index.revision(), index.count()) != (self.revision, self.count):
+        if self.model is None or index.snapshot() != (self.revision, self.count):
             self.rebuild(index)
         self.checked_at = time.monotonic()
         self.writes = index.writes

@@ -28,6 +28,7 @@ from chroma_server import free_port, reset_qa_caches, use_server  # noqa: E402
 
 import qa  # noqa: E402
 import qa.index as qindex  # noqa: E402
+import qa.store  # noqa: E402
 from qa.config import get_settings  # noqa: E402
 from qa.corpus import Paper  # noqa: E402
 from qa.embeddings import SPECIAL_TOKENS, get_embeddings, token_length  # noqa: E402
@@ -363,11 +364,24 @@ def _assert_all_real(index, ids: set[str]) -> None:
     np.testing.assert_allclose(vectors[:3], np.asarray(real.embed_documents(probe)), atol=1e-4)
 
 
-def test_model_change_rebuilds_and_keeps_every_paper(index_mode, monkeypatch):
+def test_model_change_is_refused_until_rebuild_which_keeps_every_paper(index_mode, monkeypatch):
+    """Issue 9: a plain ingest with another model records the papers but never mixes or
+    drops vectors; `--rebuild` re-embeds the whole record (old and new papers)."""
     old, new = small_corpus(12)[:8], small_corpus(12)[8:]
     _build_with_fake(monkeypatch, old)
 
-    report = build_index(new, progress=False)
+    with pytest.raises(IndexUnavailable, match=r"qa ingest --rebuild") as err:
+        build_index(new, progress=False)
+    assert HashEmbeddings.model_id in str(err.value)
+    store = qa.store.open_store()
+    assert {p.key for p in store.papers()} == {p.key for p in old + new}  # recorded first
+    with monkeypatch.context() as m:  # the old index is untouched (8-dim, old papers only)
+        m.setattr(qindex, "get_embeddings", lambda *a, **k: HashEmbeddings())
+        reset_qa_caches()
+        assert stored_ids() == expected_ids(old)
+    reset_qa_caches()
+
+    report = build_index([], rebuild=True, progress=False)
     assert report.rebuilt and "embedding model changed" in report.rebuilt
     assert HashEmbeddings.model_id in report.rebuilt
     index = open_index()
@@ -381,19 +395,24 @@ def test_model_change_rebuilds_and_keeps_every_paper(index_mode, monkeypatch):
     assert hits["ids"][0][0].startswith(old[0].key + "#")
 
 
-def test_model_change_detected_on_open_for_retrieval(index_mode, monkeypatch, tmp_path):
-    """ensure_index (what qa.retrieve/ask call) rebuilds rather than query mixed vectors."""
+def test_model_change_on_read_is_a_message_and_touches_nothing(index_mode, monkeypatch):
+    """ensure_index/qa.retrieve (what ask and the UI call) never re-embed: they say how."""
     papers = small_corpus(6)
-    seeds = tmp_path / "seeds"
-    seeds.mkdir()
-    rows = [{"arxiv_id": p.arxiv_id, "title": p.title, "abstract": p.abstract} for p in papers]
-    (seeds / "few.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    monkeypatch.setenv("QA_SEEDS_DIR", str(seeds))
-    get_settings.cache_clear()
     _build_with_fake(monkeypatch, papers)
-
-    index = ensure_index(progress=False)
-    _assert_all_real(index, expected_ids(qa.load_corpus(seeds)))
+    for call in (lambda: ensure_index(progress=False), lambda: qa.retrieve(papers[2].title)):
+        with pytest.raises(IndexUnavailable) as err:
+            call()
+        assert "qa ingest --rebuild" in str(err.value)
+        assert HashEmbeddings.model_id in str(err.value)
+    with monkeypatch.context() as m:
+        m.setattr(qindex, "get_embeddings", lambda *a, **k: HashEmbeddings())
+        reset_qa_caches()
+        index = open_index()
+        assert index.built_with() == HashEmbeddings.model_id
+        assert stored_ids(index) == expected_ids(papers)
+    reset_qa_caches()
+    build_index([], rebuild=True, progress=False)
+    _assert_all_real(open_index(), expected_ids(papers))
     hits = qa.retrieve(papers[2].title, k=3)
     assert hits and hits[0].paper.key == papers[2].key
 
@@ -404,9 +423,9 @@ CHILD = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    import qa, qa.index
+    import qa, qa.index, qa.ingest
     qa.index.VECTOR_CACHE_DIR = Path(sys.argv[1])  # empty: every vector is computed
-    qa.index.WRITE_BATCH = 8                       # many small upserts to interrupt
+    qa.ingest.WRITE_BATCH = 8                      # many small upserts to interrupt
     keys = set(json.loads(Path(sys.argv[2]).read_text()))
     papers = [p for p in qa.load_corpus() if p.key in keys]
     print("start", len(papers), flush=True)

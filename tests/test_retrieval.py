@@ -310,7 +310,7 @@ def test_rebuild_with_the_same_chunk_count_is_noticed(small_index):
     keep = [p for p in papers if p.key != out.key]
     before = open_index().count()
     assert _keys("brambleton") == []
-    build_index([*keep, swap], rebuild=True, progress=False)
+    build_index([*keep, swap], rebuild=True, prune=True, progress=False)
     assert open_index().count() == before
     time.sleep(STALE_CHECK_SECONDS + 0.2)
     assert _keys("brambleton") == ["local-swap"]
