@@ -34,7 +34,7 @@ def main() -> None:
         os.environ.pop("QA_CHROMA_URL", None)
         import qa
         from qa.filters import Filters
-        from qa.index import build_index
+        from qa.ingest import build_index
 
         build_index(progress=False)
         asked = questions()

@@ -28,9 +28,9 @@ from _common import ROOT, chroma_server, line, temp_dir
 
 REEMBED = """
 from pathlib import Path
-import qa.index
+import qa.index, qa.ingest
 qa.index.VECTOR_CACHE_DIR = Path("/nonexistent")
-report = qa.index.build_index([], rebuild=True, progress=False)
+report = qa.ingest.build_index([], rebuild=True, progress=False)
 print(report.summary())
 """
 

@@ -14,7 +14,7 @@ _EXPORTS = {
     "Paper": "qa.corpus",
     "CorpusError": "qa.corpus",
     "load_corpus": "qa.corpus",
-    "build_index": "qa.index",
+    "build_index": "qa.ingest",
     "Hit": "qa.retrieval",
     "retrieve": "qa.retrieval",
     "Answer": "qa.chain",

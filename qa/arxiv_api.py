@@ -24,7 +24,7 @@ from qa.arxiv_ids import id_month
 from qa.atom import result_row
 from qa.config import Settings, get_settings
 from qa.corpus import Paper, paper_from_record, record_from_row
-from qa.index import IngestReport, build_index
+from qa.ingest import IngestReport, build_index
 from qa.resolve import ResolveError, api_errors, make_client
 from qa.snapshot import merge_reports
 

@@ -49,7 +49,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     """Record files (default: the bundled seeds) in the corpus record, then update the index."""
     from qa.corpus import read_corpus
     from qa.filters import Filters
-    from qa.index import build_index, export_vector_cache, open_index
+    from qa.index import export_vector_cache, open_index
+    from qa.ingest import build_index
     from qa.store import BUNDLED, USER, open_store
 
     settings = _settings(args)
@@ -118,6 +119,7 @@ def cmd_papers(args: argparse.Namespace) -> int:
     """What the corpus record holds: counts by origin and source file, or every paper."""
     from collections import Counter
 
+    from qa.index import target_of
     from qa.store import open_store
 
     settings = _settings(args)
@@ -142,12 +144,15 @@ def cmd_papers(args: argparse.Namespace) -> int:
     )
     for source, n in sorted(Counter(s for p in papers for s in p.sources).items()):
         print(f"  {n:6d}  {source}")
+    active = store.active(target_of(settings))
+    if active:
+        print(f"index: collection {active.name}, {active.chunks} chunks, built with {active.model}")
     return 0
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
     """Take papers out of the corpus record and the index."""
-    from qa.index import remove_papers
+    from qa.ingest import remove_papers
 
     settings = _settings(args)
     gone, missing, report = remove_papers(args.ids, settings=settings)
@@ -333,7 +338,7 @@ def _fill_metadata(papers: list, settings: Settings, bundled: bool) -> int:
     """`qa resolve`'s second half: authors, categories, dates… for papers with an ID, from
     the arXiv API, recorded and indexed."""
     from qa.arxiv_api import fill_metadata, lacks_metadata
-    from qa.index import build_index
+    from qa.ingest import build_index
     from qa.store import BUNDLED, USER
 
     wanted = sum(lacks_metadata(p) for p in papers)

@@ -105,17 +105,6 @@ class Settings(BaseSettings):
     auth: SecretStr | None = Field(None, description="user:password to require a login.")
     concurrency_limit: int = Field(8, ge=1, description="Answers generated at once in the UI.")
 
-    # corpus record and writers (issue 9)
-    corpus_path: Path | None = Field(
-        None,
-        description="SQLite corpus record, the source of truth the index is built from "
-        "(default: persist_dir/corpus.sqlite3). With QA_CHROMA_URL, every writer must use "
-        "the same path.",
-    )
-    writer_wait: float = Field(
-        600.0, ge=0, description="Seconds `qa ingest`/`qa remove` wait for another writer."
-    )
-
     # arXiv metadata and fetching (issue 12)
     arxiv_delay: float = Field(
         3.0, ge=0, description="Seconds between arXiv API requests (arXiv asks for 3)."
@@ -220,6 +209,17 @@ class Settings(BaseSettings):
                 "or use the offline default QA_EMBEDDINGS=minilm"
             )
         return self
+
+    # corpus record and writers (issue 9)
+    corpus_path: Path | None = Field(
+        None,
+        description="SQLite corpus record, the source of truth the index is built from "
+        "(default: persist_dir/corpus.sqlite3). With QA_CHROMA_URL, every writer must use "
+        "the same path.",
+    )
+    writer_wait: float = Field(
+        600.0, ge=0, description="Seconds `qa ingest`/`qa remove` wait for another writer."
+    )
 
     @property
     def resolve_cache_path(self) -> Path:

@@ -1,28 +1,23 @@
-"""Corpus record → chunks → Chroma (embedded or server), idempotently.
+"""Chunks and the Chroma collection (embedded or server) they live in, as readers see it.
 
-The corpus record (qa/store.py) is the source of truth; the collection is derived from it.
-Chunks are the paper's title plus a slice of its abstract sized to the embedding model's window,
-with deterministic IDs `"{key}#{i}"`. Every chunk carries its paper's content hash, so a re-run
-skips unchanged papers and an interrupted run resumes where it stopped. Writers record papers
-first, then bring the active collection in line with the whole record, under one lock. A
-rebuild (or a new embedding model) fills a new collection beside the active one and switches
-readers to it only when it is complete. Readers never write (except the very first build of a
-store that has no index at all) and reopen when the record's generation changes.
+The corpus record (qa/store.py) is the source of truth; the collection is derived from it by
+the writer side (qa/ingest.py). Chunks are the paper's title plus a slice of its abstract sized
+to the embedding model's window, with deterministic IDs `"{key}#{i}"`, each carrying its
+paper's content hash. An `Index` is a handle on the active collection (the record names it);
+readers never write through it and reopen it when the record's generation changes.
+`build_index`, `ensure_index` and `remove_papers` live in qa/ingest.py and are importable
+from here as before.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import logging
 import os
 import re
-import shutil
 import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlparse
@@ -40,22 +35,11 @@ from qa.config import PROJECT_ROOT, Settings, get_settings
 from qa.corpus import Paper
 from qa.embeddings import get_embeddings, token_length
 from qa.paper_meta import digest_parts, from_chroma, to_chroma
-from qa.store import (
-    BUNDLED,
-    USER,
-    Active,
-    AddReport,
-    CorpusStore,
-    IndexUnavailable,
-    fault_reason,
-    open_store,
-    writer_lock,
-)
+from qa.store import CorpusStore, IndexUnavailable, corpus_path, fault_reason, open_store
 
 log = logging.getLogger(__name__)
 
 VECTOR_CACHE_DIR = PROJECT_ROOT / "seeds" / "vectors"
-WRITE_BATCH = 256  # chunks per upsert; a paper's chunks always go in one call
 CHROMA_TIMEOUT_SECONDS = 60.0  # per request to a Chroma server (large upserts included)
 
 
@@ -250,7 +234,7 @@ def make_client(settings: Settings, fresh: bool = False) -> chromadb.ClientAPI:
             )
             _bound_http_timeout(client)
             return client
-        _check_store_files(Path(settings.persist_dir))
+        _check_store_files(settings)
         settings.persist_dir.mkdir(parents=True, exist_ok=True)
         if fresh:
             _detach_chroma_system(str(settings.persist_dir))
@@ -262,7 +246,7 @@ def make_client(settings: Settings, fresh: bool = False) -> chromadb.ClientAPI:
     except Exception as exc:  # chromadb raises many kinds; the user needs one message
         if not settings.chroma_url:
             _discard_chroma_system(str(settings.persist_dir))
-        raise IndexUnavailable(unavailable_message(settings, exc)) from exc
+        raise chroma_error(settings, exc) from exc
 
 
 def _heartbeat(url: str) -> None:
@@ -342,27 +326,28 @@ def _detach_chroma_system(identifier: str) -> None:
 
 
 STORE_FILE = "chroma.sqlite3"
-# user data that lives beside the store and survives a rebuild: the resolve cache, and the
-# corpus record with its WAL files and writer lock (corpus.sqlite3, -wal, -shm, .lock)
-KEPT_FILES = {"resolved.tsv"}
-KEPT_PREFIX = "corpus."
+KEPT_FILES = {"resolved.tsv"}  # user data that lives beside the store and survives a rebuild
 
 
-def _kept(name: str) -> bool:
-    return name in KEPT_FILES or name.startswith((KEPT_PREFIX, "."))
+def is_kept_file(name: str, settings: Settings) -> bool:
+    """Files in the store folder that are not Chroma's, which a rebuild never deletes: the
+    resolve cache, hidden files, the corpus record with its -wal, -shm and .lock files."""
+    record = corpus_path(settings).name
+    return name in KEPT_FILES or name.startswith((record, "."))
 
 
-def _check_store_files(path: Path) -> None:
+def _check_store_files(settings: Settings) -> None:
     """An embedded store whose segment folders remain but whose database is gone is damaged.
 
     Chroma would silently start an empty database next to the orphaned vectors; say so instead.
     (A missing or empty folder is simply "no index yet" and gets built on first use.)
     """
+    path = Path(settings.persist_dir)
     if not path.is_dir() or (path / STORE_FILE).exists():
         return
-    leftovers = [c.name for c in path.iterdir() if not _kept(c.name)]  # .gitkeep is not Chroma's
+    leftovers = [c.name for c in path.iterdir() if not is_kept_file(c.name, settings)]
     if leftovers:
-        raise IndexUnavailable(
+        raise StoreDamaged(
             f"cannot use the index at {path} (QA_PERSIST_DIR): {STORE_FILE} is missing but "
             f"{len(leftovers)} other index file(s) remain; run `qa ingest --rebuild` to rebuild it"
         )
@@ -373,6 +358,17 @@ def _server_hint(url: str) -> str:
     host = parsed.hostname or "127.0.0.1"
     port = parsed.port or (443 if parsed.scheme == "https" else 8000)
     return f"is the server running (`chroma run --path <dir> --host {host} --port {port}`)?"
+
+
+class StoreDamaged(IndexUnavailable):
+    """An embedded Chroma store that fails for no resource reason: only `--rebuild` may wipe
+    it (an embedding, corpus-record, full-disk or read-only failure never counts as this)."""
+
+
+def chroma_error(settings: Settings, exc: BaseException) -> IndexUnavailable:
+    """The one-line error for a failed Chroma call (StoreDamaged when the files are at fault)."""
+    damaged = not settings.chroma_url and fault_reason(exc) is None
+    return (StoreDamaged if damaged else IndexUnavailable)(unavailable_message(settings, exc))
 
 
 def unavailable_message(settings: Settings, exc: BaseException) -> str:
@@ -470,6 +466,7 @@ class Index:
         self.generation = self.corpus.generation()
         self.client = make_client(settings)
         self._system = _chroma_system(self.client)
+        self._retired_systems: list = []
         self.pinned = name is not None  # a collection being built: never follows the pointer
         self.name = name or self._active_name()
         self._collection = self._open_collection(create)
@@ -496,7 +493,7 @@ class Index:
         except chromadb.errors.NotFoundError:
             return None
         except Exception as exc:
-            raise IndexUnavailable(unavailable_message(self.settings, exc)) from exc
+            raise chroma_error(self.settings, exc) from exc
 
     @property
     def exists(self) -> bool:
@@ -529,6 +526,7 @@ class Index:
             if generation == self.generation:
                 return
             if not self.settings.chroma_url:
+                self._retire_system()
                 self.client = make_client(self.settings, fresh=True)
                 self._system = _chroma_system(self.client)
             self.name = self._active_name()
@@ -538,6 +536,22 @@ class Index:
             self.generation = generation
             self.note_write()
 
+    def _retire_system(self) -> None:
+        """Before a reopen: stop the system the previous reopen replaced (its in-memory
+        vectors would otherwise stay for the life of the process, measured ~1.5 MB per
+        reopen at 517 papers); the one replaced now may still serve a question in flight in
+        another thread, so it is stopped at the next reopen (or on close)."""
+        self._stop_retired()
+        self._retired_systems = [self._system] if self._system is not None else []
+
+    def _stop_retired(self) -> None:
+        for system in self._retired_systems:
+            try:
+                system.stop()
+            except Exception as exc:  # a system that cannot stop cleanly is dropped anyway
+                log.debug("stopping a replaced Chroma system: %s", exc)
+        self._retired_systems = []
+
     def call(self, fn: Callable, *args, **kwargs):
         """Run a Chroma call, turning its many failure types into one clear error."""
         try:
@@ -545,7 +559,7 @@ class Index:
         except IndexUnavailable:
             raise
         except Exception as exc:
-            raise IndexUnavailable(unavailable_message(self.settings, exc)) from exc
+            raise chroma_error(self.settings, exc) from exc
 
     def metadata(self) -> dict:
         """Collection metadata, fetched fresh: another process may have written since."""
@@ -633,6 +647,7 @@ class Index:
         A client whose system was replaced by a fresh reopen is left to the garbage collector:
         closing it would release the new system, which other handles use.
         """
+        self._stop_retired()
         close = getattr(self.client, "close", None)
         if close is None or (
             self._system is not None and _chroma_system(self.client) is not self._system
@@ -693,7 +708,7 @@ def open_index(settings: Settings | None = None) -> Index:
     return index
 
 
-def _forget_index(settings: Settings) -> None:
+def forget_index(settings: Settings) -> None:
     with _INDEXES_LOCK:
         index = _INDEXES.pop(_index_key(settings), None)
     if index is not None:
@@ -713,384 +728,13 @@ def forget_indexes() -> None:
         index.close()
 
 
-# ---------------------------------------------------------------- building
+_WRITER_SIDE = {"IngestReport", "build_index", "ensure_index", "remove_papers"}
 
 
-@dataclass
-class IngestReport:
-    papers: int = 0  # papers in the corpus record (and so in the index) after the run
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    removed: int = 0
-    chunks_written: int = 0
-    vectors_from_cache: int = 0
-    vectors_computed: int = 0
-    rebuilt: str | None = None
-    seconds: float = 0.0
-    recorded: AddReport = field(default_factory=AddReport)
-    warnings: list[str] = field(default_factory=list)
+def __getattr__(name: str):
+    """The writer side moved to qa/ingest.py; `from qa.index import build_index` still works."""
+    if name in _WRITER_SIDE:
+        from qa import ingest
 
-    def summary(self) -> str:
-        parts = [
-            f"{self.papers} papers: {self.added} added, {self.updated} updated, "
-            f"{self.unchanged} unchanged" + (f", {self.removed} removed" if self.removed else ""),
-            f"{self.chunks_written} chunks written "
-            f"({self.vectors_from_cache} vectors from cache, {self.vectors_computed} computed)",
-            f"{self.seconds:.1f} s",
-        ]
-        rec = self.recorded
-        if rec.replaced or rec.kept_both:
-            parts.insert(
-                1,
-                f"{len(rec.replaced)} replaced by a new version, "
-                f"{len(rec.kept_both)} kept beside another version of their ID",
-            )
-        if self.rebuilt:
-            parts.insert(0, f"rebuilt ({self.rebuilt})")
-        return "; ".join(parts)
-
-    def notes(self) -> list[str]:
-        """Every record that was replaced or kept beside another version, by ID."""
-        rec = self.recorded
-        lines = [f"replaced {key}: a file given now has another abstract" for key in rec.replaced]
-        return lines + rec.kept_both
-
-
-def _wipe_corrupt_store(settings: Settings) -> None:
-    """Rebuild of an embedded store that cannot even be opened: remove Chroma's files (the
-    corpus record, the resolve cache and hidden files stay) and start from an empty folder."""
-    path = Path(settings.persist_dir)
-    forget_indexes()  # every handle on the damaged files
-    if settings.chroma_url or not path.exists():
-        return
-    for child in path.iterdir():
-        if _kept(child.name):
-            continue
-        if child.is_dir():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="paper", desc="indexing", disable=not enabled or total < 20)
-
-
-def build_index(
-    papers: Iterable[Paper] | None = None,
-    *,
-    settings: Settings | None = None,
-    rebuild: bool = False,
-    prune: bool = False,
-    progress: bool = True,
-    origin: str = USER,
-    say: Callable[[str], None] | None = None,
-    keyword_index: bool = True,
-) -> IngestReport:
-    """`qa.build_index`: record papers durably, then bring the index in line with the whole
-    corpus record (unchanged papers are skipped).
-
-    `papers=None` records the bundled seeds. With `prune`, the record becomes exactly
-    `papers` (the others are removed). With `rebuild`, a new collection is filled from the
-    whole record beside the active one and replaces it only when complete: how a damaged
-    index is repaired and how a new embedding model is applied.
-    """
-    from qa.corpus import load_corpus
-
-    settings = settings or get_settings()
-    start = time.perf_counter()
-    if papers is None:
-        papers, origin = load_corpus(settings.seeds_dir), BUNDLED
-    papers = _unique(list(papers))
-    with writer_lock(settings, say):
-        store = open_store(settings)
-        _adopt_unrecorded(settings, store)
-        report = IngestReport(recorded=store.add(papers, origin))
-        if prune:
-            keep = {p.key for p in report.recorded.papers}
-            store.remove([p.key for p in store.papers() if p.key not in keep])
-        if rebuild:
-            _rebuild(settings, store, report, progress)
-        else:
-            _update(settings, store, report, progress, keyword_index)
-    report.seconds = time.perf_counter() - start
-    log.info("ingest: %s", report.summary())
-    return report
-
-
-def remove_papers(
-    ids: Sequence[str],
-    *,
-    settings: Settings | None = None,
-    say: Callable[[str], None] | None = None,
-) -> tuple[list[str], list[str], IngestReport]:
-    """`qa remove`: take papers (arXiv IDs or `ref:` keys) out of the record and the index.
-
-    Returns (keys removed, IDs not found, the index report)."""
-    settings = settings or get_settings()
-    wanted = [i.strip().removeprefix("arXiv:").removeprefix("ref:") for i in ids]
-    with writer_lock(settings, say):
-        store = open_store(settings)
-        _adopt_unrecorded(settings, store)
-        found = store.find(wanted)
-        missing = [i for i, keys in found.items() if not keys]
-        gone = store.remove([k for keys in found.values() for k in keys])
-        report = IngestReport()
-        if gone:
-            _update(settings, store, report, progress=False)
-    return gone, missing, report
-
-
-def _adopt_unrecorded(settings: Settings, store: CorpusStore) -> None:
-    """An index built before the corpus record existed: its papers enter the record first,
-    so nothing a user ingested then is lost by the first write (or rebuild) now."""
-    if store.exists():
-        return
-    try:
-        index = open_index(settings)
-        papers = index.all_papers() if index.exists else []
-    except IndexUnavailable as exc:
-        log.warning("could not read the existing index to record its papers: %s", exc)
-        return
-    if papers:
-        log.warning("recording the %d papers of the existing index in %s", len(papers), store.path)
-        store.add(papers, USER)
-
-
-def _update(
-    settings: Settings,
-    store: CorpusStore,
-    report: IngestReport,
-    progress: bool,
-    keyword_index: bool = True,
-) -> None:
-    """Bring the active collection in line with the record (created if there is none).
-    `keyword_index=False` leaves the saved keyword index to a later batch (streamed ingest)."""
-    index = open_index(settings)
-    if index.exists:
-        check_model(index)
-    else:
-        index.create()
-    _drop_retired(index, store)
-    _fill(index, store.papers(), report, progress)
-    _commit(index, store, report, keyword_index)
-
-
-def _rebuild(settings: Settings, store: CorpusStore, report: IngestReport, progress: bool) -> None:
-    """Fill a new collection from the whole record; switch readers to it when complete.
-
-    A kill at any point leaves the old collection active and answering; the next rebuild
-    resumes the unfinished new one (its papers' hashes say what is done).
-    """
-    target = target_of(settings)
-    if not settings.chroma_url:
-        _forget_index(settings)  # a handle may hold a database deleted or damaged since
-    try:
-        current = open_index(settings)
-        old = current.name if current.exists else None
-        built_with = current.built_with() if old else None
-        report.rebuilt = (
-            f"embedding model changed from {built_with} to {current.model_id}"
-            if built_with and built_with != current.model_id
-            else "requested"
-        )
-    except IndexUnavailable:
-        if settings.chroma_url:
-            raise
-        _wipe_corrupt_store(settings)
-        old, report.rebuilt = None, "the old index could not be opened"
-    pending = store.get_meta(f"pending:{target}")
-    name = pending if pending and pending != old else f"{settings.collection}-g{store.generation()}"
-    store.set_meta({f"pending:{target}": name}, bump=False)
-    new = Index(settings, name=name, create=True)
-    if new.built_with() != new.model_id:  # an unfinished build with another model
-        new.call(new.client.delete_collection, name)
-        new = Index(settings, name=name, create=True)
-    _drop_retired(new, store)
-    _fill(new, store.papers(), report, progress)
-    retired = [n for n in [*_retired(store, target), old] if n and n != name]
-    generation = store.set_active(
-        target,
-        Active(name, new.model_id, new.count()),
-        **{f"pending:{target}": None, f"retired:{target}": json.dumps(retired)},
-    )
-    new.generation = generation
-    new.bump_revision()
-    new.close()
-    _save_keyword_index(open_index(settings))  # the shared handle follows the switch
-
-
-def _retired(store: CorpusStore, target: str) -> list[str]:
-    return json.loads(store.get_meta(f"retired:{target}") or "[]")
-
-
-def _drop_retired(index: Index, store: CorpusStore) -> None:
-    """Delete the collections earlier rebuilds replaced. Left until the next write, so a
-    question in flight in a reader when the switch was committed still finishes on the old
-    one (readers move to the new one at their next question)."""
-    target = target_of(index.settings)
-    names = _retired(store, target)
-    if not names:
-        return
-    for name in names:
-        try:
-            index.client.delete_collection(name)
-        except Exception as exc:  # gone already is fine
-            log.debug("delete_collection %s: %s", name, exc)
-    store.set_meta({f"retired:{target}": None}, bump=False)
-
-
-def _commit(
-    index: Index, store: CorpusStore, report: IngestReport, keyword_index: bool = True
-) -> None:
-    """Point readers at the collection's new state (bumps the generation they watch)."""
-    target = target_of(index.settings)
-    active = store.active(target)
-    changed = report.chunks_written or report.removed or active is None
-    if not (changed or report.recorded.added or report.recorded.updated):
-        return  # nothing new: readers keep their keyword index
-    index.generation = store.set_active(target, Active(index.name, index.model_id, index.count()))
-    index.bump_revision()
-    if keyword_index:
-        _save_keyword_index(index)
-
-
-def _save_keyword_index(index: Index) -> None:
-    """Build and save the keyword index for the committed state, so readers only load it."""
-    from qa.retrieval import KeywordIndex
-
-    try:
-        KeywordIndex().rebuild(index)
-    except IndexUnavailable as exc:  # readers build it themselves; only their start is slower
-        log.warning("could not save the keyword index: %s", exc)
-
-
-def _fill(index: Index, papers: list[Paper], report: IngestReport, progress: bool) -> None:
-    """Upsert what is missing or changed, relabel sources, remove what the record lacks."""
-    settings = index.settings
-    report.papers = len(papers)
-    with index.lock:
-        index.create()
-        existing = index.existing_hashes()
-        todo = []
-        relabel: list[tuple[Paper, Stored]] = []
-        for paper in papers:
-            have = existing.get(paper.key)
-            digest = paper_hash(paper, settings.chunk_tokens)
-            if have and have.digest == digest and have.present == have.expected:
-                report.unchanged += 1
-                if not set(paper.sources) <= set(have.sources):
-                    relabel.append((paper, have))
-            else:
-                todo.append((paper, have))
-        if relabel:
-            _merge_sources(index, relabel)
-        embedder = CachedEmbeddings(index.embeddings, index.model_id)
-        with _progress(len(todo), progress) as bar:
-            for batch in _batches(todo, WRITE_BATCH):
-                _write_batch(index, embedder, batch, report)
-                bar.update(len(batch))
-        _prune(index, existing, {p.key for p in papers}, report)
-        report.vectors_from_cache = embedder.hits
-        report.vectors_computed = embedder.computed
-
-
-def _unique(papers: list[Paper]) -> list[Paper]:
-    """One paper per key (the last one given wins), so a batch never upserts an ID twice."""
-    return list({p.key: p for p in papers}.values())
-
-
-def _merge_sources(index: Index, relabel: list[tuple[Paper, Stored]]) -> None:
-    """Add the names of files that repeat stored papers to their chunks' `sources`."""
-    index.note_write()
-    ids: list[str] = []
-    metadatas: list[dict] = []
-    for paper, have in relabel:
-        merged = ",".join(dict.fromkeys([*have.sources, *paper.sources]))
-        for i in range(have.expected):
-            ids.append(f"{paper.key}#{i}")
-            metadatas.append({"sources": merged})
-    for start in range(0, len(ids), 1000):
-        index.call(
-            index.collection.update,
-            ids=ids[start : start + 1000],
-            metadatas=metadatas[start : start + 1000],
-        )
-
-
-def _batches(todo: list, max_chunks: int) -> Iterable[list]:
-    """Group papers so each upsert holds whole papers and about `max_chunks` chunks."""
-    batch: list = []
-    for item in todo:
-        batch.append(item)
-        if len(batch) >= max(1, max_chunks // 2):
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _write_batch(index: Index, embedder: Embeddings, batch: list, report: IngestReport) -> None:
-    chunks: list[Chunk] = []
-    stale: list[str] = []
-    for paper, have in batch:
-        if have and not set(have.sources) <= set(paper.sources):
-            # a file's papers keep the names of the other files they also came from
-            paper = dataclasses.replace(
-                paper, sources=list(dict.fromkeys([*have.sources, *paper.sources]))
-            )
-        new = chunk_paper(paper, index.settings.chunk_tokens)
-        chunks += new
-        if have:
-            report.updated += 1
-            stale += [f"{paper.key}#{i}" for i in range(len(new), max(have.present, have.expected))]
-        else:
-            report.added += 1
-    # Embed first (the slow part), then write, then remove the tail a shorter version no
-    # longer has: a kill at any point leaves each paper whole or detectably mixed (its chunks'
-    # hashes or counts disagree), and the next run redoes exactly those papers.
-    vectors = embedder.embed_documents([c.text for c in chunks])
-    index.note_write()
-    index.call(
-        index.collection.upsert,
-        ids=[c.id for c in chunks],
-        documents=[c.text for c in chunks],
-        metadatas=[c.metadata for c in chunks],
-        embeddings=vectors,
-    )
-    if stale:
-        index.call(index.collection.delete, ids=stale)
-    report.chunks_written += len(chunks)
-
-
-def _prune(index: Index, existing: dict, keep: set[str], report: IngestReport) -> None:
-    gone = [key for key in existing if key not in keep]
-    if gone:
-        index.note_write()
-    for key in gone:
-        n = max(existing[key][1], existing[key][2])
-        index.call(index.collection.delete, ids=[f"{key}#{i}" for i in range(n)])
-    report.removed = len(gone)
-
-
-def ensure_index(settings: Settings | None = None, progress: bool = True) -> Index:
-    """Open the index for reading. With no index at all, build it from the corpus record (the
-    bundled seeds on a fresh install): the one write a reader may do. An index built with
-    another embedding model is refused with the fixing command, never rebuilt here."""
-    settings = settings or get_settings()
-    index = open_index(settings)
-    # no index at all, or a first build that never finished (recorded, never committed);
-    # an index from before the corpus record (no record) is used as it is
-    first_build = not index.exists or (
-        index.corpus.active(target_of(settings)) is None
-        and (index.corpus.exists() or index.count() == 0)
-    )
-    if first_build:
-        papers = None if index.corpus.count() == 0 else []  # seeds, or the record as it is
-        build_index(papers, settings=settings, progress=progress)
-        index = open_index(settings)
-    check_model(index)
-    return index
+        return getattr(ingest, name)
+    raise AttributeError(f"module 'qa.index' has no attribute {name!r}")

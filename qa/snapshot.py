@@ -18,7 +18,7 @@ from pathlib import Path
 from qa.config import Settings, get_settings
 from qa.corpus import Paper, corpus_files, deduplicate, iter_corpus
 from qa.filters import Filters
-from qa.index import IngestReport, build_index
+from qa.ingest import IngestReport, build_index
 
 BATCH = 2000  # papers per upsert round: ~3 MB of abstracts, a few seconds of fast embedding
 

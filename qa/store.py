@@ -130,7 +130,11 @@ class CorpusStore:
     # -- connections
 
     def exists(self) -> bool:
-        return self.path.is_file()
+        """Has anything been recorded? (A first write that failed may leave an empty file.)"""
+        try:
+            return self.path.stat().st_size > 0
+        except OSError:
+            return False
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

@@ -27,7 +27,8 @@ from qa.corpus import (
     read_file,
 )
 from qa.filters import Filters
-from qa.index import build_index, open_index
+from qa.index import open_index
+from qa.ingest import build_index
 
 # ---------------------------------------------------------------- IDs
 

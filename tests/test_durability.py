@@ -168,6 +168,17 @@ def test_other_embedding_model_on_ask_touches_nothing(index_mode, small_seeds, t
     assert keys_found("zorbulation regulariser")[0] == "2512.00000"
 
 
+def test_rebuild_with_an_unusable_model_touches_nothing(small_seeds, monkeypatch):
+    """`--rebuild` with embeddings that cannot load (no API key) stops before any write."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert run_qa("ingest").returncode == 0
+    before, active = sorted(chunk_ids()), open_store().active(qa.index.target_of(get_settings()))
+    rebuilt = run_qa("ingest", "--rebuild", env={"QA_EMBEDDINGS": "openai:text-embedding-3-small"})
+    assert rebuilt.returncode == 2 and "OPENAI_API_KEY" in rebuilt.stderr, rebuilt.stderr
+    assert sorted(chunk_ids()) == before
+    assert open_store().active(qa.index.target_of(get_settings())) == active
+
+
 def test_reembed_kill_leaves_the_old_index_answering_then_completes(index_mode, small_seeds):
     """kill -9 while `--rebuild` fills the new collection: the old one stays active; the
     next rebuild resumes the unfinished one and switches."""
@@ -213,15 +224,15 @@ SLOW_REBUILD = textwrap.dedent(
     """
     import time
     from pathlib import Path
-    import qa.index
+    import qa.index, qa.ingest
     qa.index.VECTOR_CACHE_DIR = Path("/nonexistent")  # every vector computed
-    qa.index.WRITE_BATCH = 2                          # one paper per upsert
+    qa.ingest.WRITE_BATCH = 2                         # one paper per upsert
     inner = qa.index.CachedEmbeddings.embed_documents
     def slow(self, texts):
         time.sleep(0.3)
         return inner(self, texts)
     qa.index.CachedEmbeddings.embed_documents = slow
-    qa.index.build_index([], rebuild=True, progress=False)
+    qa.ingest.build_index([], rebuild=True, progress=False)
     print("done", flush=True)
     """
 )

@@ -16,7 +16,7 @@ from qa.cli import main
 from qa.config import Settings, get_settings
 from qa.corpus import Paper, load_corpus
 from qa.filters import FilterError, Filters, from_question
-from qa.index import build_index
+from qa.ingest import build_index
 from qa.similarity import UnknownPaper
 
 pytest_plugins = ["chroma_server"]

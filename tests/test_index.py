@@ -423,9 +423,9 @@ CHILD = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    import qa, qa.index
+    import qa, qa.index, qa.ingest
     qa.index.VECTOR_CACHE_DIR = Path(sys.argv[1])  # empty: every vector is computed
-    qa.index.WRITE_BATCH = 8                       # many small upserts to interrupt
+    qa.ingest.WRITE_BATCH = 8                      # many small upserts to interrupt
     keys = set(json.loads(Path(sys.argv[2]).read_text()))
     papers = [p for p in qa.load_corpus() if p.key in keys]
     print("start", len(papers), flush=True)

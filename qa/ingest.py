@@ -1,0 +1,426 @@
+"""The writer side: record papers durably, then bring the index in line with the whole record.
+
+Every write (`qa ingest`, `qa remove`, `qa.build_index`, the very first build a reader may do)
+holds the one-writer lock (qa/store.py), records papers before indexing them, upserts only what
+is missing or changed (content hashes: a re-run adds nothing, an interrupted run resumes), and
+bumps the record's generation when its work is committed so readers follow. A rebuild (or a
+new embedding model) fills a new collection beside the active one and switches readers to it
+only when it is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from langchain_core.embeddings import Embeddings
+
+from qa.config import Settings, get_settings
+from qa.corpus import Paper
+from qa.index import (
+    CachedEmbeddings,
+    Chunk,
+    Index,
+    IndexUnavailable,
+    Stored,
+    StoreDamaged,
+    check_model,
+    chunk_paper,
+    forget_index,
+    forget_indexes,
+    is_kept_file,
+    open_index,
+    paper_hash,
+    target_of,
+)
+from qa.store import BUNDLED, USER, Active, AddReport, CorpusStore, open_store, writer_lock
+
+log = logging.getLogger(__name__)
+
+WRITE_BATCH = 256  # chunks per upsert; a paper's chunks always go in one call
+
+
+@dataclass
+class IngestReport:
+    """What one write did: to the record (`recorded`) and to the index (the counts)."""
+
+    papers: int = 0  # papers in the corpus record (and so in the index) after the run
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    chunks_written: int = 0
+    vectors_from_cache: int = 0
+    vectors_computed: int = 0
+    rebuilt: str | None = None
+    seconds: float = 0.0
+    recorded: AddReport = field(default_factory=AddReport)
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [
+            f"{self.papers} papers: {self.added} added, {self.updated} updated, "
+            f"{self.unchanged} unchanged" + (f", {self.removed} removed" if self.removed else ""),
+            f"{self.chunks_written} chunks written "
+            f"({self.vectors_from_cache} vectors from cache, {self.vectors_computed} computed)",
+            f"{self.seconds:.1f} s",
+        ]
+        rec = self.recorded
+        if rec.replaced or rec.kept_both:
+            parts.insert(
+                1,
+                f"{len(rec.replaced)} replaced by a new version, "
+                f"{len(rec.kept_both)} kept beside another version of their ID",
+            )
+        if self.rebuilt:
+            parts.insert(0, f"rebuilt ({self.rebuilt})")
+        return "; ".join(parts)
+
+    def notes(self) -> list[str]:
+        """Every record that was replaced or kept beside another version, by ID."""
+        rec = self.recorded
+        lines = [f"replaced {key}: a file given now has another abstract" for key in rec.replaced]
+        return lines + rec.kept_both
+
+
+def _wipe_corrupt_store(settings: Settings) -> None:
+    """Rebuild of an embedded store that cannot even be opened: remove Chroma's files (the
+    corpus record, the resolve cache and hidden files stay) and start from an empty folder."""
+    path = Path(settings.persist_dir)
+    forget_indexes()  # every handle on the damaged files
+    if settings.chroma_url or not path.exists():
+        return
+    for child in path.iterdir():
+        if is_kept_file(child.name, settings):
+            continue
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="paper", desc="indexing", disable=not enabled or total < 20)
+
+
+def build_index(
+    papers: Iterable[Paper] | None = None,
+    *,
+    settings: Settings | None = None,
+    rebuild: bool = False,
+    prune: bool = False,
+    progress: bool = True,
+    origin: str = USER,
+    say: Callable[[str], None] | None = None,
+    keyword_index: bool = True,
+) -> IngestReport:
+    """`qa.build_index`: record papers durably, then bring the index in line with the whole
+    corpus record (unchanged papers are skipped).
+
+    `papers=None` records the bundled seeds. With `prune`, the record becomes exactly
+    `papers` (the others are removed). With `rebuild`, a new collection is filled from the
+    whole record beside the active one and replaces it only when complete: how a damaged
+    index is repaired and how a new embedding model is applied.
+    """
+    from qa.corpus import load_corpus
+
+    settings = settings or get_settings()
+    start = time.perf_counter()
+    if papers is None:
+        papers, origin = load_corpus(settings.seeds_dir), BUNDLED
+    papers = _unique(list(papers))
+    with writer_lock(settings, say):
+        store = open_store(settings)
+        _adopt_unrecorded(settings, store)
+        report = IngestReport(recorded=store.add(papers, origin))
+        if prune:
+            keep = {p.key for p in report.recorded.papers}
+            store.remove([p.key for p in store.papers() if p.key not in keep])
+        if rebuild:
+            _rebuild(settings, store, report, progress)
+        else:
+            _update(settings, store, report, progress, keyword_index)
+    report.seconds = time.perf_counter() - start
+    log.info("ingest: %s", report.summary())
+    return report
+
+
+def remove_papers(
+    ids: Sequence[str],
+    *,
+    settings: Settings | None = None,
+    say: Callable[[str], None] | None = None,
+) -> tuple[list[str], list[str], IngestReport]:
+    """`qa remove`: take papers (arXiv IDs or `ref:` keys) out of the record and the index.
+
+    Returns (keys removed, IDs not found, the index report)."""
+    settings = settings or get_settings()
+    wanted = [i.strip().removeprefix("arXiv:").removeprefix("ref:") for i in ids]
+    with writer_lock(settings, say):
+        store = open_store(settings)
+        _adopt_unrecorded(settings, store)
+        found = store.find(wanted)
+        missing = [i for i, keys in found.items() if not keys]
+        gone = store.remove([k for keys in found.values() for k in keys])
+        report = IngestReport()
+        if gone:
+            _update(settings, store, report, progress=False)
+    return gone, missing, report
+
+
+def _adopt_unrecorded(settings: Settings, store: CorpusStore) -> None:
+    """An index built before the corpus record existed: its papers enter the record first,
+    so nothing a user ingested then is lost by the first write (or rebuild) now."""
+    if store.exists():
+        return
+    try:
+        index = open_index(settings)
+        papers = index.all_papers() if index.exists else []
+    except IndexUnavailable as exc:
+        log.warning("could not read the existing index to record its papers: %s", exc)
+        return
+    if papers:
+        log.warning("recording the %d papers of the existing index in %s", len(papers), store.path)
+        store.add(papers, USER)
+
+
+def _update(
+    settings: Settings,
+    store: CorpusStore,
+    report: IngestReport,
+    progress: bool,
+    keyword_index: bool = True,
+) -> None:
+    """Bring the active collection in line with the record (created if there is none).
+    `keyword_index=False` leaves the saved keyword index to a later batch (streamed ingest)."""
+    index = open_index(settings)
+    if index.exists:
+        check_model(index)
+    else:
+        index.create()
+    _drop_retired(index, store)
+    _fill(index, store.papers(), report, progress)
+    _commit(index, store, report, keyword_index)
+
+
+def _rebuild(settings: Settings, store: CorpusStore, report: IngestReport, progress: bool) -> None:
+    """Fill a new collection from the whole record; switch readers to it when complete.
+
+    A kill at any point leaves the old collection active and answering; the next rebuild
+    resumes the unfinished new one (its papers' hashes say what is done).
+    """
+    target = target_of(settings)
+    if not settings.chroma_url:
+        forget_index(settings)  # a handle may hold a database deleted or damaged since
+    try:
+        current = open_index(settings)
+        old = current.name if current.exists else None
+        built_with = current.built_with() if old else None
+        report.rebuilt = (
+            f"embedding model changed from {built_with} to {current.model_id}"
+            if built_with and built_with != current.model_id
+            else "requested"
+        )
+    except StoreDamaged:  # Chroma's own files: a bad model, record, full disk never get here
+        _wipe_corrupt_store(settings)
+        old, report.rebuilt = None, "the old index could not be opened"
+    pending = store.get_meta(f"pending:{target}")
+    name = pending if pending and pending != old else f"{settings.collection}-g{store.generation()}"
+    store.set_meta({f"pending:{target}": name}, bump=False)
+    new = Index(settings, name=name, create=True)
+    if new.built_with() != new.model_id:  # an unfinished build with another model
+        new.call(new.client.delete_collection, name)
+        new = Index(settings, name=name, create=True)
+    _drop_retired(new, store)
+    _fill(new, store.papers(), report, progress)
+    retired = [n for n in [*_retired(store, target), old] if n and n != name]
+    generation = store.set_active(
+        target,
+        Active(name, new.model_id, new.count()),
+        **{f"pending:{target}": None, f"retired:{target}": json.dumps(retired)},
+    )
+    new.generation = generation
+    new.bump_revision()
+    new.close()
+    _save_keyword_index(open_index(settings))  # the shared handle follows the switch
+
+
+def _retired(store: CorpusStore, target: str) -> list[str]:
+    return json.loads(store.get_meta(f"retired:{target}") or "[]")
+
+
+def _drop_retired(index: Index, store: CorpusStore) -> None:
+    """Delete the collections earlier rebuilds replaced. Left until the next write, so a
+    question in flight in a reader when the switch was committed still finishes on the old
+    one (readers move to the new one at their next question)."""
+    target = target_of(index.settings)
+    names = _retired(store, target)
+    if not names:
+        return
+    for name in names:
+        try:
+            index.client.delete_collection(name)
+        except Exception as exc:  # gone already is fine
+            log.debug("delete_collection %s: %s", name, exc)
+    store.set_meta({f"retired:{target}": None}, bump=False)
+
+
+def _commit(
+    index: Index, store: CorpusStore, report: IngestReport, keyword_index: bool = True
+) -> None:
+    """Point readers at the collection's new state (bumps the generation they watch)."""
+    target = target_of(index.settings)
+    active = store.active(target)
+    changed = report.chunks_written or report.removed or active is None
+    if not (changed or report.recorded.added or report.recorded.updated):
+        return  # nothing new: readers keep their keyword index
+    index.generation = store.set_active(target, Active(index.name, index.model_id, index.count()))
+    index.bump_revision()
+    if keyword_index:  # a streamed ingest saves it once, after its last batch
+        _save_keyword_index(index)
+
+
+def _save_keyword_index(index: Index) -> None:
+    """Build and save the keyword index for the committed state, so readers only load it."""
+    from qa.retrieval import KeywordIndex
+
+    try:
+        KeywordIndex().rebuild(index)
+    except IndexUnavailable as exc:  # readers build it themselves; only their start is slower
+        log.warning("could not save the keyword index: %s", exc)
+
+
+def _fill(index: Index, papers: list[Paper], report: IngestReport, progress: bool) -> None:
+    """Upsert what is missing or changed, relabel sources, remove what the record lacks."""
+    settings = index.settings
+    report.papers = len(papers)
+    with index.lock:
+        index.create()
+        existing = index.existing_hashes()
+        todo = []
+        relabel: list[tuple[Paper, Stored]] = []
+        for paper in papers:
+            have = existing.get(paper.key)
+            digest = paper_hash(paper, settings.chunk_tokens)
+            if have and have.digest == digest and have.present == have.expected:
+                report.unchanged += 1
+                if not set(paper.sources) <= set(have.sources):
+                    relabel.append((paper, have))
+            else:
+                todo.append((paper, have))
+        if relabel:
+            _merge_sources(index, relabel)
+        embedder = CachedEmbeddings(index.embeddings, index.model_id)
+        with _progress(len(todo), progress) as bar:
+            for batch in _batches(todo, WRITE_BATCH):
+                _write_batch(index, embedder, batch, report)
+                bar.update(len(batch))
+        _prune(index, existing, {p.key for p in papers}, report)
+        report.vectors_from_cache = embedder.hits
+        report.vectors_computed = embedder.computed
+
+
+def _unique(papers: list[Paper]) -> list[Paper]:
+    """One paper per key (the last one given wins), so a batch never upserts an ID twice."""
+    return list({p.key: p for p in papers}.values())
+
+
+def _merge_sources(index: Index, relabel: list[tuple[Paper, Stored]]) -> None:
+    """Add the names of files that repeat stored papers to their chunks' `sources`."""
+    index.note_write()
+    ids: list[str] = []
+    metadatas: list[dict] = []
+    for paper, have in relabel:
+        merged = ",".join(dict.fromkeys([*have.sources, *paper.sources]))
+        for i in range(have.expected):
+            ids.append(f"{paper.key}#{i}")
+            metadatas.append({"sources": merged})
+    for start in range(0, len(ids), 1000):
+        index.call(
+            index.collection.update,
+            ids=ids[start : start + 1000],
+            metadatas=metadatas[start : start + 1000],
+        )
+
+
+def _batches(todo: list, max_chunks: int) -> Iterable[list]:
+    """Group papers so each upsert holds whole papers and about `max_chunks` chunks."""
+    batch: list = []
+    for item in todo:
+        batch.append(item)
+        if len(batch) >= max(1, max_chunks // 2):
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write_batch(index: Index, embedder: Embeddings, batch: list, report: IngestReport) -> None:
+    chunks: list[Chunk] = []
+    stale: list[str] = []
+    for paper, have in batch:
+        if have and not set(have.sources) <= set(paper.sources):
+            # a file's papers keep the names of the other files they also came from
+            paper = dataclasses.replace(
+                paper, sources=list(dict.fromkeys([*have.sources, *paper.sources]))
+            )
+        new = chunk_paper(paper, index.settings.chunk_tokens)
+        chunks += new
+        if have:
+            report.updated += 1
+            stale += [f"{paper.key}#{i}" for i in range(len(new), max(have.present, have.expected))]
+        else:
+            report.added += 1
+    # Embed first (the slow part), then write, then remove the tail a shorter version no
+    # longer has: a kill at any point leaves each paper whole or detectably mixed (its chunks'
+    # hashes or counts disagree), and the next run redoes exactly those papers.
+    vectors = embedder.embed_documents([c.text for c in chunks])
+    index.note_write()
+    index.call(
+        index.collection.upsert,
+        ids=[c.id for c in chunks],
+        documents=[c.text for c in chunks],
+        metadatas=[c.metadata for c in chunks],
+        embeddings=vectors,
+    )
+    if stale:
+        index.call(index.collection.delete, ids=stale)
+    report.chunks_written += len(chunks)
+
+
+def _prune(index: Index, existing: dict, keep: set[str], report: IngestReport) -> None:
+    gone = [key for key in existing if key not in keep]
+    if gone:
+        index.note_write()
+    for key in gone:
+        n = max(existing[key][1], existing[key][2])
+        index.call(index.collection.delete, ids=[f"{key}#{i}" for i in range(n)])
+    report.removed = len(gone)
+
+
+def ensure_index(settings: Settings | None = None, progress: bool = True) -> Index:
+    """Open the index for reading. With no index at all, build it from the corpus record (the
+    bundled seeds on a fresh install): the one write a reader may do. An index built with
+    another embedding model is refused with the fixing command, never rebuilt here."""
+    settings = settings or get_settings()
+    index = open_index(settings)
+    # no index at all, or a first build that never finished (recorded, never committed);
+    # an index from before the corpus record (no record) is used as it is
+    first_build = not index.exists or (
+        index.corpus.active(target_of(settings)) is None
+        and (index.corpus.exists() or index.count() == 0)
+    )
+    if first_build:
+        papers = None if index.corpus.count() == 0 else []  # seeds, or the record as it is
+        build_index(papers, settings=settings, progress=progress)
+        index = open_index(settings)
+    check_model(index)
+    return index
