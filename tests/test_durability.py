@@ -319,6 +319,16 @@ READER = textwrap.dedent(
 )
 
 
+def _next_answer(reader: subprocess.Popen) -> dict:
+    """The reader's next JSON line; its death (EOF) fails with its stderr, not a JSON error."""
+    while True:
+        raw = reader.stdout.readline()
+        if not raw:
+            pytest.fail(f"the reader process ended: {reader.stderr.read()[-2000:]}")
+        if raw.lstrip().startswith("{"):
+            return json.loads(raw)
+
+
 def test_reader_answers_during_an_ingest_and_then_finds_the_new_papers(
     index_mode, small_seeds, tmp_path
 ):
@@ -326,7 +336,7 @@ def test_reader_answers_during_an_ingest_and_then_finds_the_new_papers(
     during the ingest works, and the new paper is found after it, without a restart."""
     assert run_qa("ingest").returncode == 0
     rows = [made_up("zorbulation")] + [
-        dict(r, arxiv_id=f"2598.{i:05d}", abstract="Revisited: " + r["abstract"])
+        dict(r, arxiv_id=f"2511.{i:05d}", abstract="Revisited: " + r["abstract"])
         for i, r in enumerate(seed_rows(100, 60))
     ]
     new = write_jsonl(tmp_path / "new.jsonl", rows)
@@ -341,20 +351,20 @@ def test_reader_answers_during_an_ingest_and_then_finds_the_new_papers(
     )
     lines: list[dict] = []
     try:
-        first = json.loads(reader.stdout.readline())
+        first = _next_answer(reader)
         assert "ok" in first and "2512.00000" not in first["ok"], first
         writer = run_qa("ingest", str(new), env={"QA_EMBED_BATCH": "4"})
         assert writer.returncode == 0, writer.stderr
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            line = json.loads(reader.stdout.readline())
+            line = _next_answer(reader)
             lines.append(line)
             if "2512.00000" in line.get("ok", []):
                 break
     finally:
         stop.touch()
         out, _ = reader.communicate(timeout=60)
-    lines += [json.loads(x) for x in out.splitlines() if x.strip()]
+    lines += [json.loads(x) for x in out.splitlines() if x.lstrip().startswith("{")]
     failures = [x for x in lines if "err" in x or x.get("error")]
     assert not failures, failures[:3]
     assert any("2512.00000" in x.get("ok", []) for x in lines), lines[-3:]
@@ -467,7 +477,7 @@ def test_app_py_keeps_answering_during_an_ingest_and_then_finds_new_papers(
 
     assert run_qa("ingest").returncode == 0
     rows = [made_up("zorbulation")] + [
-        dict(r, arxiv_id=f"2598.{i:05d}", abstract="Revisited: " + r["abstract"])
+        dict(r, arxiv_id=f"2511.{i:05d}", abstract="Revisited: " + r["abstract"])
         for i, r in enumerate(seed_rows(100, 60))
     ]
     new = write_jsonl(tmp_path / "new.jsonl", rows)
