@@ -25,7 +25,7 @@ from qa.retrieval import Hit, Mode, retrieve
 from qa.support import check_support, split_sentences
 
 GOLDEN = PROJECT_ROOT / "evals" / "golden.jsonl"
-SINGLE = ("paraphrase", "method", "fact", "followup")
+SINGLE = ("paraphrase", "method", "fact", "pair", "followup")
 ABSTAIN = ("offcorpus", "chitchat")
 MODES: tuple[Mode, ...] = ("keyword", "dense", "hybrid")
 
