@@ -180,7 +180,10 @@ def _rest(text: str, framing: set[str], hits: list[Hit], settings: Settings) -> 
     rest = [
         token
         for token in re.findall(r"[\w'-]+", text)
-        if (found := _words(token)) and not set(found) & framing and not set(found) <= have
+        if (found := _words(token))
+        and not set(found) & framing
+        and not set(found) <= have
+        and not _UNSPACED.search(token)  # like the other features: unspaced scripts aside
     ]
     if not rest:
         return {"rest_first": 1.0, "rest_other": 0.0}
