@@ -25,7 +25,7 @@ from qa.retrieval import Hit, Mode, retrieve
 from qa.support import check_support, split_sentences
 
 GOLDEN = PROJECT_ROOT / "evals" / "golden.jsonl"
-SINGLE = ("paraphrase", "method", "fact", "followup")
+SINGLE = ("paraphrase", "method", "fact", "pair", "followup")
 ABSTAIN = ("offcorpus", "chitchat")
 MODES: tuple[Mode, ...] = ("keyword", "dense", "hybrid")
 
@@ -131,7 +131,7 @@ def gate_set(cases: list[Case], settings: Settings) -> GateSet:
             if case.wording == "plain":
                 question = reword(question, wording, i)
             hits = retrieve(question, settings.k, settings=settings)
-            rows.append(gate.features(question, hits, gate.corpus_idf(settings)))
+            rows.append(gate.features(question, hits, gate.corpus_idf(settings), settings))
             labels.append(0 if case.type == "offcorpus" else 1)
             groups.append(case.id)
             wordings.append(wording)

@@ -36,11 +36,14 @@ FEATURES = (
     "acronym_missing",  # rarity of the rarest named method no top paper has
     "missing",  # how many of the question's less common words the best paper lacks
     "margin",  # fused-score gap between the first and second paper
+    "score",  # fused score of the first paper
+    "rest_first",  # dense similarity of the words the first paper lacks to that paper
+    "rest_other",  # ... and to the best other hit
 )
 TOP = 3  # papers whose text is read for the word features
 RARE = 0.5  # a word is rare when its idf is at least this share of the largest idf
 UNCOMMON = 0.3  # ... and less common (counted by `missing`) from this share
-L2 = 10.0  # ridge penalty: ~250 rows, correlated features
+L2 = 10.0  # ridge penalty: ~330 rows, correlated features (chosen over 1 and 3 cross-validated)
 MAX_FALSE_ABSTENTION = 0.01  # the operating point, on cross-validated answerable questions
 # The words questions are framed with: rare in abstracts, so as an idf-weighted word "what"
 # would weigh as much as a method name. Not part of a question's content here.
@@ -123,7 +126,9 @@ def _share(weight: dict[str, float], found: set[str]) -> float:
     return sum(w for s, w in weight.items() if s in found) / total if total else 1.0
 
 
-def features(question: str, hits: list[Hit], idf: dict[str, float]) -> np.ndarray:
+def features(
+    question: str, hits: list[Hit], idf: dict[str, float], settings: Settings
+) -> np.ndarray:
     """The FEATURES of one question and its hits (see the tuple for what each measures)."""
     text = normalize_question(question)
     framing = set(stems(QUESTION_WORDS))
@@ -141,6 +146,8 @@ def features(question: str, hits: list[Hit], idf: dict[str, float]) -> np.ndarra
         "title": max((_share(weight, t) for t in titles), default=0.0) if words else 0.0,
         **_named_methods(text, hits[:TOP], idf, top),
         "margin": scores[0] - scores[1] if len(scores) > 1 else (scores[0] if scores else 0.0),
+        "score": scores[0] if scores else 0.0,
+        **_rest(text, framing, hits, settings),
     }
     return np.array([row[name] for name in FEATURES], dtype=float)
 
@@ -159,6 +166,42 @@ def _rare_words(weight: dict[str, float], papers: list[set[str]], top: float) ->
     uncommon = [w for w, v in weight.items() if v >= UNCOMMON * top]
     missing = float(sum(w not in closest for w in uncommon))
     return {"rare_found": rare_found, "rare_missing": rare_missing, "missing": missing}
+
+
+def _rest(text: str, framing: set[str], hits: list[Hit], settings: Settings) -> dict[str, float]:
+    """rest_first / rest_other: the question's words the first paper lacks, embedded as one
+    phrase, against that paper's chunks and the other hits'. A paraphrase's leftover words
+    still mean that paper's topic ("secretly implanting" ~ backdoor); a qualifier the corpus
+    never joins to it does not ("unlearned" in a question on federated unlearning, whose first
+    paper is about federated learning), and tends to match another hit instead."""
+    if not hits:
+        return {"rest_first": 0.0, "rest_other": 0.0}
+    have = set(_words(_paper_text(hits[0])))
+    rest = [
+        token
+        for token in re.findall(r"[\w'-]+", text)
+        if (found := _words(token))
+        and not set(found) & framing
+        and not set(found) <= have
+        and not _UNSPACED.search(token)  # like the other features: unspaced scripts aside
+    ]
+    if not rest:
+        return {"rest_first": 1.0, "rest_other": 0.0}
+    retriever = get_retriever(settings)
+    vector = retriever.index.embeddings.embed_query(" ".join(rest))
+    chunks = {h.paper.key: _chunk_ids(retriever, h.paper.key) for h in hits}
+    cosine = retriever.cosines(vector, [c for ids in chunks.values() for c in ids])
+    best = [max((cosine.get(c, 0.0) for c in chunks[h.paper.key]), default=0.0) for h in hits]
+    return {"rest_first": best[0], "rest_other": max(best[1:], default=0.0)}
+
+
+def _chunk_ids(retriever, key: str) -> list[str]:
+    """A paper's chunk ids ("{key}#0", "#1", … as the index numbers them)."""
+    known = retriever.keyword_index.row_of
+    ids = []
+    while f"{key}#{len(ids)}" in known:
+        ids.append(f"{key}#{len(ids)}")
+    return ids
 
 
 def _named_methods(
@@ -204,7 +247,7 @@ def relevance(question: str, hits: list[Hit], settings: Settings | None = None) 
     if hits[0].pinned:
         return 1.0
     model = load_model(settings.relevance_model)
-    return float(model.probability(features(question, hits, corpus_idf(settings)))[0])
+    return float(model.probability(features(question, hits, corpus_idf(settings), settings))[0])
 
 
 def threshold(settings: Settings) -> float:

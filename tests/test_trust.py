@@ -172,6 +172,36 @@ def test_off_corpus_question_sharing_vocabulary_abstains(seeds):
     assert answer.abstained
 
 
+@pytest.mark.parametrize(
+    "question",
+    [  # each topic is in the corpus, no abstract joins them (checked by co-occurrence search)
+        "Can diffusion models be used for speaker verification?",
+        "What mixture-of-experts methods are used for image segmentation?",
+    ],
+)
+def test_off_corpus_question_joining_two_covered_topics_abstains(seeds, question):
+    assert ask(question).abstained
+
+
+def test_words_the_first_paper_lacks_are_compared_by_meaning(seeds):
+    """The qualifier a federated-learning paper lacks ("unlearned") reads closer to the
+    unlearning papers than to it; a question the first paper covers word for word has no rest."""
+    settings = get_settings()
+    idf = relevance.corpus_idf(settings)
+    names = list(relevance.FEATURES)
+
+    def rest(question: str) -> tuple[float, float]:
+        hits = qa.retrieve(question, settings.k)
+        row = relevance.features(question, hits, idf, settings)
+        return row[names.index("rest_first")], row[names.index("rest_other")]
+
+    first, other = rest(
+        "How can a client's data be unlearned from a model trained with federated learning?"
+    )
+    assert first < other
+    assert rest("What is ATSS?") == (1.0, 0.0)
+
+
 # ---------------------------------------------------------------- papers named by ID
 
 
