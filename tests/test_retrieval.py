@@ -362,3 +362,26 @@ def test_unreadable_saved_keyword_index_is_rebuilt(seeded):
 
 def _no_stemming(text: str) -> list[str]:
     raise AssertionError("the keyword index was rebuilt instead of loaded")
+
+
+@pytest.mark.parametrize("loaded", [False, True], ids=["built", "loaded"])
+def test_coverage_from_the_bm25_matrix_equals_restemming_the_text(seeded, loaded):
+    """The hot path reads which question words a chunk has from the BM25 matrix; it must
+    agree with stemming the chunk's text, for every chunk, in a built and a reloaded index."""
+    import qa.retrieval as retrieval
+
+    qa.retrieve("What is POMP?", k=3)  # the saved copy exists
+    index = open_index()
+    kw = retrieval.KeywordIndex()
+    if loaded:
+        kw.refresh(index)
+    else:
+        kw._load = lambda *a: False  # type: ignore[method-assign]  # build from the documents
+        kw.rebuild(index)
+    got = index.collection.get(include=["documents"])
+    question = set(retrieval.stems("prompt pre-training of language models for graph data"))
+    question.add("zzzunseenword")
+    pairs = list(zip(got["ids"], got["documents"], strict=True))
+    for cid, text in pairs:
+        assert kw.coverage(question, text, cid) == pytest.approx(kw.coverage(question, text))
+    assert any(kw.coverage(question, text, cid) > 0.3 for cid, text in pairs)
