@@ -8,6 +8,7 @@ Chroma query, documents back; no keyword channel, no grouping, no filters. Calls
 each and the ratio of the p50s (issue 13's target: ≤ 1.2).
 
 Usage: python benchmarks/retrieve_vs_naive.py [--rounds 3] [--k 5] [--since 2020-01-01]
+       [--embed-threads N]
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="passes over the questions")
     parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--since", help="also time qa.retrieve with this date filter")
+    parser.add_argument("--since", help="time qa.retrieve with this date filter")
+    parser.add_argument("--embed-threads", type=int, help="QA_EMBED_THREADS for this run")
     args = parser.parse_args()
     for var in [v for v in os.environ if v.startswith("QA_")]:
         del os.environ[var]
+    if args.embed_threads:
+        os.environ["QA_EMBED_THREADS"] = str(args.embed_threads)
 
     from langchain_chroma import Chroma
 
@@ -38,7 +42,8 @@ def main() -> None:
     with temp_dir("bench-naive-") as tmp:
         settings = Settings(persist_dir=tmp / "store")
         report = build_index(settings=settings, progress=False)
-        line("index", f"{report.papers} papers, {report.chunks_written} chunks")
+        threads = settings.embed_threads
+        line("index", f"{report.papers} papers, {report.chunks_written} chunks, {threads=}")
         index = get_retriever(settings).index
         naive = Chroma(
             client=index.client,

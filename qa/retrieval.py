@@ -293,17 +293,24 @@ class Retriever:
     ) -> dict[str, float]:
         """chunk id → cosine for the `n` nearest chunks `filters` allows (ids and distances
         only: cheap)."""
-        size = max(self.keyword_index.count, 1)
-        got = self.index.call(
+        got = self.index.call(  # chromadb 1.x returns fewer results when it has fewer chunks
             self.index.collection.query,
             query_embeddings=[vector],
-            n_results=max(1, min(n, size)),
+            n_results=max(1, n),
             include=["distances"],
             where=filters.where() if filters else None,
         )
         return {
             cid: 1.0 - dist for cid, dist in zip(got["ids"][0], got["distances"][0], strict=True)
         }
+
+    def _dense(
+        self, query: str, n: int, filters: Filters | None
+    ) -> tuple[list[float], dict[str, float]]:
+        """The question's vector and its nearest chunks: one worker task, no hand-back between
+        the embedding and the Chroma query."""
+        vector = self.index.embeddings.embed_query(query)
+        return vector, self.dense_candidates(vector, n, filters)
 
     def vectors(self, chunk_ids: list[str]) -> dict[str, np.ndarray]:
         """Stored (unit) vectors of chunks: fetched for the keyword top while the question is
@@ -321,11 +328,11 @@ class Retriever:
     ) -> list[Hit]:
         n = max(settings.candidates, k * 4)
         query = normalize_question(_ID_IN_TEXT.sub(" ", question))
-        # The query embedding (onnxruntime or an HTTP call, both release the GIL) runs in a
-        # worker while this thread does everything that does not need it: measured at 517
-        # papers, hybrid p50 went from 1.57x to ~1.1x a plain dense search (benchmarks/).
-        embed = self.index.embeddings.embed_query
-        pending = _EMBED_POOL.submit(embed, query) if mode != "keyword" else None
+        # The query embedding and dense search (onnxruntime, an HTTP call and Chroma's Rust
+        # core all release the GIL) run in a worker while this thread does what does not need
+        # the vector: the keyword search and fetching the keyword top's stored vectors
+        # (benchmarks/retrieve_vs_naive.py).
+        pending = _EMBED_POOL.submit(self._dense, query, n, filters) if mode != "keyword" else None
         named = {m.group(1) for m in _ID_IN_TEXT.finditer(question)}
         known = self.index.papers(sorted(named)) if named else {}
         pinned = {key for key, p in known.items() if not filters or filters.matches(p)}
@@ -333,8 +340,7 @@ class Retriever:
         keyword = self.keyword(query_stems, n, filters)  # also refreshes the index snapshot
         top_kw = keyword.top if mode != "dense" else {}
         stored = self.vectors(list(top_kw)) if pending else {}
-        vector = pending.result() if pending else None
-        cos = self.dense_candidates(vector, n, filters) if vector is not None else {}
+        vector, cos = pending.result() if pending else (None, {})
 
         chunk_ids = set(top_kw) | set(cos)
         if vector is not None:
