@@ -16,10 +16,9 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from langchain_core.embeddings import Embeddings
 
 from qa.config import Settings, get_settings
 from qa.corpus import Paper
@@ -319,10 +318,24 @@ def _fill(index: Index, papers: list[Paper], report: IngestReport, progress: boo
         if relabel:
             _merge_sources(index, relabel)
         embedder = CachedEmbeddings(index.embeddings, index.model_id)
-        with _progress(len(todo), progress) as bar:
+        with (
+            _progress(len(todo), progress) as bar,
+            ThreadPoolExecutor(1, thread_name_prefix="qa-ingest-embed") as pool,
+        ):
+            # The next batch is embedded (in the worker) while this one is written: the
+            # embedder, the slow part, never waits on Chroma. Two batches at most in memory.
+            pending: tuple[Prepared, Future] | None = None
             for batch in _batches(todo, WRITE_BATCH):
-                _write_batch(index, embedder, batch, report)
-                bar.update(len(batch))
+                prepared = _prepare(index, batch, report)
+                texts = [c.text for c in prepared.chunks]
+                embedding = pool.submit(embedder.embed_documents, texts)
+                if pending:
+                    _write_batch(index, *pending, report)
+                    bar.update(pending[0].papers)
+                pending = (prepared, embedding)
+            if pending:
+                _write_batch(index, *pending, report)
+                bar.update(pending[0].papers)
         _prune(index, existing, {p.key for p in papers}, report)
         report.vectors_from_cache = embedder.hits
         report.vectors_computed = embedder.computed
@@ -363,7 +376,16 @@ def _batches(todo: list, max_chunks: int) -> Iterable[list]:
         yield batch
 
 
-def _write_batch(index: Index, embedder: Embeddings, batch: list, report: IngestReport) -> None:
+@dataclass
+class Prepared:
+    """One batch's chunks, ready to embed, and the old chunks it makes stale."""
+
+    papers: int
+    chunks: list[Chunk]
+    stale: list[str]
+
+
+def _prepare(index: Index, batch: list, report: IngestReport) -> Prepared:
     chunks: list[Chunk] = []
     stale: list[str] = []
     for paper, have in batch:
@@ -379,10 +401,15 @@ def _write_batch(index: Index, embedder: Embeddings, batch: list, report: Ingest
             stale += [f"{paper.key}#{i}" for i in range(len(new), max(have.present, have.expected))]
         else:
             report.added += 1
-    # Embed first (the slow part), then write, then remove the tail a shorter version no
-    # longer has: a kill at any point leaves each paper whole or detectably mixed (its chunks'
-    # hashes or counts disagree), and the next run redoes exactly those papers.
-    vectors = embedder.embed_documents([c.text for c in chunks])
+    return Prepared(len(batch), chunks, stale)
+
+
+def _write_batch(index: Index, prepared: Prepared, embedding: Future, report: IngestReport) -> None:
+    # Embedded first (the slow part), then written, then the tail a shorter version no longer
+    # has removed: a kill at any point leaves each paper whole or detectably mixed (its
+    # chunks' hashes or counts disagree), and the next run redoes exactly those papers.
+    chunks = prepared.chunks
+    vectors = embedding.result()
     index.note_write()
     index.call(
         index.collection.upsert,
@@ -391,8 +418,8 @@ def _write_batch(index: Index, embedder: Embeddings, batch: list, report: Ingest
         metadatas=[c.metadata for c in chunks],
         embeddings=vectors,
     )
-    if stale:
-        index.call(index.collection.delete, ids=stale)
+    if prepared.stale:
+        index.call(index.collection.delete, ids=prepared.stale)
     report.chunks_written += len(chunks)
 
 
