@@ -241,15 +241,16 @@ def _rebuild(settings: Settings, store: CorpusStore, report: IngestReport, progr
     _drop_retired(new, store)
     _fill(new, store.papers(), report, progress)
     retired = [n for n in [*_retired(store, target), old] if n and n != name]
+    count = new.count()
+    _save_keyword_index(new, store.generation() + 1, count)
     generation = store.set_active(
         target,
-        Active(name, new.model_id, new.count()),
+        Active(name, new.model_id, count),
         **{f"pending:{target}": None, f"retired:{target}": json.dumps(retired)},
     )
     new.generation = generation
     new.bump_revision()
     new.close()
-    _save_keyword_index(open_index(settings))  # the shared handle follows the switch
 
 
 def _retired(store: CorpusStore, target: str) -> list[str]:
@@ -281,18 +282,20 @@ def _commit(
     changed = report.chunks_written or report.removed or active is None
     if not (changed or report.recorded.added or report.recorded.updated):
         return  # nothing new: readers keep their keyword index
-    index.generation = store.set_active(target, Active(index.name, index.model_id, index.count()))
-    index.bump_revision()
+    count = index.count()
     if keyword_index:  # a streamed ingest saves it once, after its last batch
-        _save_keyword_index(index)
+        _save_keyword_index(index, store.generation() + 1, count)
+    index.generation = store.set_active(target, Active(index.name, index.model_id, count))
+    index.bump_revision()
 
 
-def _save_keyword_index(index: Index) -> None:
-    """Build and save the keyword index for the committed state, so readers only load it."""
+def _save_keyword_index(index: Index, generation: int, count: int) -> None:
+    """Build and save the keyword index for the state about to be committed (`generation`:
+    the writer lock is held, so no one else bumps it), so readers only ever load it."""
     from qa.retrieval import KeywordIndex
 
     try:
-        KeywordIndex().rebuild(index)
+        KeywordIndex().build(index, generation, count)
     except IndexUnavailable as exc:  # readers build it themselves; only their start is slower
         log.warning("could not save the keyword index: %s", exc)
 

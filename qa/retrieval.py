@@ -118,10 +118,20 @@ class KeywordIndex:
     writes: int = -1  # the Index's in-process write count at the last check
 
     def rebuild(self, index: Index) -> None:
+        """Load the saved index for the committed state, or build (and save) it."""
         revision, count = index.snapshot()  # the last committed write, not one in progress
+        if not self.load_saved(index, revision, count):
+            self.build(index, revision, count)
+
+    def load_saved(self, index: Index, revision: int, count: int) -> bool:
+        """Load the index a writer saved for this state (False when there is none)."""
+        return self._load(_cache_dir(index, revision, count), revision, count)
+
+    def build(self, index: Index, revision: int, count: int) -> None:
+        """Read every chunk back from Chroma, index it, save it for state (revision, count).
+
+        A writer calls this before committing that state, so readers only ever load."""
         cache = _cache_dir(index, revision, count)
-        if self._load(cache, revision, count):
-            return
         ids: list[str] = []
         texts: list[str] = []
         for offset in range(0, count, 5000):
@@ -156,10 +166,9 @@ class KeywordIndex:
             shutil.rmtree(tmp, ignore_errors=True)
             self.model.save(str(tmp))
             (tmp / "qa.json").write_text(json.dumps({"ids": self.ids, "idf": self.idf}))
-            for old in cache.parent.glob(f"{cache.name.rsplit('-r', 1)[0]}-r*"):
-                if ".tmp-" not in old.name:  # superseded revisions (not saves in progress)
-                    shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(cache, ignore_errors=True)  # an unreadable copy of the same state
             os.replace(tmp, cache)
+            _drop_superseded(cache)
         except OSError as exc:  # a read-only or full disk only costs the next start time
             log.warning("could not save the keyword index to %s: %s", cache, exc)
             shutil.rmtree(tmp, ignore_errors=True)
@@ -236,6 +245,22 @@ class KeywordIndex:
         return np.asarray(self.model.get_scores(ids), dtype=np.float32)
 
 
+def _drop_superseded(cache: Path) -> None:
+    """Delete saved keyword indexes older than the one before `cache`: a writer saves the
+    next state's before committing it, and readers may still load the current one."""
+    prefix, _, rest = cache.name.rpartition("-r")
+    revision = int(rest.split("-n", 1)[0])
+    for old in cache.parent.glob(f"{prefix}-r*"):
+        if ".tmp-" in old.name:  # a save in progress
+            continue
+        try:
+            theirs = int(old.name.rpartition("-r")[2].split("-n", 1)[0])
+        except ValueError:
+            continue
+        if theirs < revision - 1:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def _cache_dir(index: Index, revision: int, count: int) -> Path:
     """Where the keyword index for this collection state lives (hidden: not Chroma's)."""
     where = index.settings.chroma_url or "embedded"
@@ -268,7 +293,49 @@ class Retriever:
         self.index = index
         self.keyword_index = KeywordIndex()
         self.lock = threading.Lock()
+        self._building: tuple[int, int] | None = None  # the state built in the background
         self.filter_masks = FilterMasks()
+
+    def _current_keyword_index(self) -> KeywordIndex:
+        """The keyword index to search now (under self.lock): the one saved for the committed
+        state. When a writer committed a state without saving one (a streamed ingest's
+        intermediate batches, a full disk), it is built in the background while questions
+        keep using the previous one: only a process's very first question may build."""
+        kw = self.keyword_index
+        if kw.model is None:
+            kw.refresh(self.index)
+            return kw
+        recent = time.monotonic() - kw.checked_at < STALE_CHECK_SECONDS
+        if recent and self.index.writes == kw.writes:
+            return kw  # other processes' writes are seen within STALE_CHECK_SECONDS; ours at once
+        snapshot = self.index.snapshot()
+        kw.checked_at, kw.writes = time.monotonic(), self.index.writes
+        if snapshot == (kw.revision, kw.count):
+            return kw
+        fresh = KeywordIndex(checked_at=kw.checked_at, writes=kw.writes)
+        if fresh.load_saved(self.index, *snapshot):
+            self.keyword_index = fresh
+            return fresh
+        if self._building != snapshot:
+            self._building = snapshot
+            threading.Thread(
+                target=self._build_in_background, args=(snapshot,), daemon=True
+            ).start()
+        return kw
+
+    def _build_in_background(self, snapshot: tuple[int, int]) -> None:
+        fresh = KeywordIndex()
+        try:
+            fresh.build(self.index, *snapshot)
+        except Exception as exc:  # the next check tries again; questions use the old one
+            log.warning("could not build the keyword index: %s", exc)
+            with self.lock:
+                self._building = None
+            return
+        with self.lock:
+            if self._building == snapshot:
+                fresh.checked_at, fresh.writes = time.monotonic(), self.index.writes
+                self.keyword_index, self._building = fresh, None
 
     def keyword(
         self, query_stems: list[str], n: int, filters: Filters | None = None
@@ -276,8 +343,7 @@ class Retriever:
         """The top `n` chunks by BM25 (a consistent snapshot even while Chroma changes),
         among the chunks `filters` allows."""
         with self.lock:
-            self.keyword_index.refresh(self.index)
-            kw = self.keyword_index
+            kw = self._current_keyword_index()
             scores = kw.scores(query_stems)
             ids, row_of = kw.ids, kw.row_of
             allowed = self.filter_masks.get(self.index, kw, filters) if filters else None

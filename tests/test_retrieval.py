@@ -385,3 +385,71 @@ def test_coverage_from_the_bm25_matrix_equals_restemming_the_text(seeded, loaded
     for cid, text in pairs:
         assert kw.coverage(question, text, cid) == pytest.approx(kw.coverage(question, text))
     assert any(kw.coverage(question, text, cid) > 0.3 for cid, text in pairs)
+
+
+# ---------------------------------------------------------------- #13 keyword index kept by ingest
+
+
+def test_reader_loads_the_keyword_index_another_process_saved_and_never_builds(
+    small_index, tmp_path, monkeypatch
+):
+    """A writer in another process (`qa ingest`) saves the keyword index before committing;
+    a running reader (several UI replicas on one `chroma run` alike) picks it up without a
+    restart and never builds one itself."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import qa.retrieval as retrieval
+
+    assert _keys("zorbulation") == []  # warm: this reader has a keyword index
+    monkeypatch.setattr(retrieval.KeywordIndex, "build", _no_build)
+    new = tmp_path / "new.jsonl"
+    paper = _paper("zorbulation")
+    new.write_text(json.dumps({"title": paper.title, "abstract": paper.abstract}) + "\n")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "qa.cli", "ingest", str(new)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    time.sleep(retrieval.STALE_CHECK_SECONDS + 0.2)
+    hits = qa.retrieve("zorbulation", k=3, mode="keyword")
+    assert [h.paper.title for h in hits] == [paper.title]
+
+
+def test_state_committed_without_a_keyword_index_is_built_in_the_background(
+    small_index, monkeypatch
+):
+    """A committed state with no saved keyword index (a streamed ingest's batches): questions
+    keep being answered from the previous one while it is built beside them, then switch."""
+    import qa.retrieval as retrieval
+
+    assert _keys("quintaflex") == []
+    release = threading.Event()
+    started = threading.Event()
+    build = retrieval.KeywordIndex.build
+
+    def slow_build(self, index, revision, count):
+        started.set()
+        assert release.wait(timeout=60)
+        return build(self, index, revision, count)
+
+    monkeypatch.setattr(retrieval.KeywordIndex, "build", slow_build)
+    build_index([_paper("quintaflex")], progress=False, keyword_index=False)
+    assert _keys("quintaflex") == []  # answered at once, from the previous keyword index
+    assert started.wait(timeout=30)  # while the new one is being built
+    release.set()
+    deadline = time.monotonic() + 60
+    while _keys("quintaflex") != ["local-quintaflex"]:
+        assert time.monotonic() < deadline, "the background build was never swapped in"
+        time.sleep(0.1)
+
+
+def _no_build(self, index, revision, count):
+    raise AssertionError("a reader built the keyword index instead of loading it")
