@@ -20,6 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from langchain_core.embeddings import Embeddings
+
 from qa.config import Settings, get_settings
 from qa.corpus import Paper
 from qa.index import (
@@ -325,20 +327,16 @@ def _fill(index: Index, papers: list[Paper], report: IngestReport, progress: boo
             _progress(len(todo), progress) as bar,
             ThreadPoolExecutor(1, thread_name_prefix="qa-ingest-embed") as pool,
         ):
-            # The next batch is embedded (in the worker) while this one is written: the
-            # embedder, the slow part, never waits on Chroma. Two batches at most in memory.
-            pending: tuple[Prepared, Future] | None = None
+            # The next batch is chunked and embedded (in the worker) while this one is
+            # written: the embedder never waits on Chroma. Two batches at most in memory.
+            pending: Future | None = None
             for batch in _batches(todo, WRITE_BATCH):
-                prepared = _prepare(index, batch, report)
-                texts = [c.text for c in prepared.chunks]
-                embedding = pool.submit(embedder.embed_documents, texts)
+                following = pool.submit(_prepare, index, embedder, batch, report)
                 if pending:
-                    _write_batch(index, *pending, report)
-                    bar.update(pending[0].papers)
-                pending = (prepared, embedding)
+                    bar.update(_write_batch(index, pending.result(), report))
+                pending = following
             if pending:
-                _write_batch(index, *pending, report)
-                bar.update(pending[0].papers)
+                bar.update(_write_batch(index, pending.result(), report))
         _prune(index, existing, {p.key for p in papers}, report)
         report.vectors_from_cache = embedder.hits
         report.vectors_computed = embedder.computed
@@ -386,9 +384,11 @@ class Prepared:
     papers: int
     chunks: list[Chunk]
     stale: list[str]
+    vectors: list[list[float]]
 
 
-def _prepare(index: Index, batch: list, report: IngestReport) -> Prepared:
+def _prepare(index: Index, embedder: Embeddings, batch: list, report: IngestReport) -> Prepared:
+    """Chunk and embed one batch (in the ingest worker, one batch at a time)."""
     chunks: list[Chunk] = []
     stale: list[str] = []
     for paper, have in batch:
@@ -404,15 +404,16 @@ def _prepare(index: Index, batch: list, report: IngestReport) -> Prepared:
             stale += [f"{paper.key}#{i}" for i in range(len(new), max(have.present, have.expected))]
         else:
             report.added += 1
-    return Prepared(len(batch), chunks, stale)
+    vectors = embedder.embed_documents([c.text for c in chunks])
+    return Prepared(len(batch), chunks, stale, vectors)
 
 
-def _write_batch(index: Index, prepared: Prepared, embedding: Future, report: IngestReport) -> None:
+def _write_batch(index: Index, prepared: Prepared, report: IngestReport) -> int:
+    """Write one embedded batch; returns its papers (for the progress bar)."""
     # Embedded first (the slow part), then written, then the tail a shorter version no longer
     # has removed: a kill at any point leaves each paper whole or detectably mixed (its
     # chunks' hashes or counts disagree), and the next run redoes exactly those papers.
-    chunks = prepared.chunks
-    vectors = embedding.result()
+    chunks, vectors = prepared.chunks, prepared.vectors
     index.note_write()
     index.call(
         index.collection.upsert,
@@ -424,6 +425,7 @@ def _write_batch(index: Index, prepared: Prepared, embedding: Future, report: In
     if prepared.stale:
         index.call(index.collection.delete, ids=prepared.stale)
     report.chunks_written += len(chunks)
+    return prepared.papers
 
 
 def _prune(index: Index, existing: dict, keep: set[str], report: IngestReport) -> None:

@@ -453,3 +453,24 @@ def test_state_committed_without_a_keyword_index_is_built_in_the_background(
 
 def _no_build(self, index, revision, count):
     raise AssertionError("a reader built the keyword index instead of loading it")
+
+
+def test_stems_per_word_equal_the_whole_text_pipeline():
+    """`stems` folds and stems each word once (cached); the result must be what the
+    documented pipeline on the whole text gives: split scripts, lower-case, fold British
+    spellings, drop stop words, Snowball-stem."""
+    import Stemmer
+
+    from qa.retrieval import _STOPWORDS, _WORD, stems
+    from qa.wording import american_spelling, split_scripts
+
+    stemmer = Stemmer.Stemmer("english")
+
+    def reference(text: str) -> list[str]:
+        words = _WORD.findall(american_spelling(split_scripts(text).lower()))
+        return stemmer.stemWords([w for w in words if w not in _STOPWORDS])
+
+    texts = [f"{p.title}\n{p.abstract}" for p in _corpus()]
+    texts += ["什么是POMP? Initialise the colour; analysed", "ΣΑΣ Straße İstanbul THE Models"]
+    for text in texts:
+        assert stems(text) == reference(text)
