@@ -246,6 +246,10 @@ class EmbeddingsHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(raw)))
         self.end_headers()
         self.wfile.write(raw)
+        self.embedded(inputs)
+
+    def embedded(self, inputs: list[str]) -> None:
+        """Called after an answered request (subclasses count what was embedded)."""
 
     def log_message(self, *args: object) -> None:
         pass
@@ -320,11 +324,13 @@ class FlakyHandler(EmbeddingsHandler):
                 return
             threading.Event().wait(0.05)  # a server busy long enough for requests to overlap
             super().do_POST()
-            with cls.lock:
-                cls.answered.extend(self.requests[-1]["body"]["input"])
         finally:
             with cls.lock:
                 cls.in_flight -= 1
+
+    def embedded(self, inputs: list[str]) -> None:
+        with type(self).lock:
+            type(self).answered.extend(inputs)
 
 
 @pytest.fixture
@@ -364,3 +370,26 @@ def test_server_that_keeps_failing_names_the_setting(flaky_server, monkeypatch):
     model = get_embeddings(f"openai-compatible:m@{url}")
     with pytest.raises(emb.EmbeddingsUnavailable, match=r"QA_EMBEDDINGS=.*HTTP 429"):
         model.embed_documents(["a", "b"])  # the first request is refused, no retry allowed
+
+
+def test_ingest_through_a_flaky_server_writes_every_chunk_once(flaky_server, monkeypatch):
+    """`qa ingest` against a server that refuses some requests (429/500): every chunk is
+    embedded exactly once and stored with its own vector, none lost, none twice."""
+    from qa.corpus import load_corpus
+    from qa.index import chunk_paper, open_index
+    from qa.ingest import build_index
+
+    url, handler = flaky_server
+    monkeypatch.setenv("QA_EMBEDDINGS", f"openai-compatible:m@{url}")
+    monkeypatch.setenv("QA_EMBED_CONCURRENCY", "3")
+    monkeypatch.setenv("QA_EMBED_SERVER_BATCH", "4")
+    emb.get_settings.cache_clear()
+    papers = load_corpus()[:12]
+    report = build_index(papers, progress=False)
+    chunks = [c for p in papers for c in chunk_paper(p, emb.get_settings().chunk_tokens)]
+    assert report.added == len(papers) and report.chunks_written == len(chunks)
+    assert sorted(handler.answered) == sorted(c.text for c in chunks)
+    got = open_index().collection.get(include=["documents", "embeddings"])
+    assert sorted(got["ids"]) == sorted(c.id for c in chunks)
+    for text, vector in zip(got["documents"], got["embeddings"], strict=True):
+        assert list(vector) == pytest.approx(fake_vector(text))
