@@ -17,7 +17,7 @@ import argparse
 import os
 import time
 
-from _common import latency_summary, line, pct, questions, temp_dir
+from _common import cpu_summary, latency_summary, line, pct, questions, temp_dir
 
 
 def main() -> None:
@@ -55,19 +55,24 @@ def main() -> None:
             naive.similarity_search(q, k=args.k)
             retrieve(q, k=args.k, settings=settings, **filt)
         times: dict[str, list[float]] = {"naive": [], "hybrid": []}
+        cpu: dict[str, list[float]] = {"naive": [], "hybrid": []}
         for _ in range(args.rounds):
             for q in qs:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 naive.similarity_search(q, k=args.k)
                 times["naive"].append(time.perf_counter() - t)
-                t = time.perf_counter()
+                cpu["naive"].append(time.process_time() - c)
+                t, c = time.perf_counter(), time.process_time()
                 retrieve(q, k=args.k, settings=settings, **filt)
                 times["hybrid"].append(time.perf_counter() - t)
+                cpu["hybrid"].append(time.process_time() - c)
         label = f"qa.retrieve hybrid{' since ' + args.since if args.since else ''}"
         line("naive LangChain Chroma similarity_search", latency_summary(times["naive"]))
         line(label, latency_summary(times["hybrid"]))
         ratio = pct(times["hybrid"], 50) / pct(times["naive"], 50)
         line("ratio of p50s (hybrid / naive)", f"{ratio:.2f}x")
+        line("CPU per call (all threads), naive", cpu_summary(cpu["naive"]))
+        line("CPU per call (all threads), hybrid", cpu_summary(cpu["hybrid"]))
 
 
 if __name__ == "__main__":
