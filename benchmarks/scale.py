@@ -222,16 +222,21 @@ def golden_recall(settings, k: int = 5) -> str:
 
 def filtered_latency(tag: str, settings, since: str) -> None:
     """Warm `qa.retrieve` with a date filter (the arXiv-corpora issue's filters)."""
+    import qa.retrieval
     from qa.retrieval import retrieve
 
     qs = questions()
     retrieve(qs[0], settings=settings, since=since)  # the filter's mask, built once
-    times = []
-    for q in qs:
-        t = time.perf_counter()
-        retrieve(q, settings=settings, since=since)
-        times.append(time.perf_counter() - t)
-    line(f"{tag}: retrieve warm, since {since}", latency_summary(times))
+    default = qa.retrieval.DENSE_OVERFETCH
+    for overfetch, how in ((default, "no where"), (0, "Chroma where")):
+        qa.retrieval.DENSE_OVERFETCH = overfetch
+        times = []
+        for q in qs:
+            t = time.perf_counter()
+            retrieve(q, settings=settings, since=since)
+            times.append(time.perf_counter() - t)
+        line(f"{tag}: retrieve warm, since {since}, {how}", latency_summary(times))
+    qa.retrieval.DENSE_OVERFETCH = default
 
 
 def grow(tag: str, args, index, real: list, vectors_for, offset: int) -> None:
