@@ -3,10 +3,10 @@
 Stages (nested calls are counted once, in the stage that makes them):
   ensure_index  get_retriever's ensure_index() (first use of an index only)
   keyword       Retriever.keyword (staleness check, BM25 over every chunk, top-n)
-  embed_query   the query vector
+  embed_query   the query vector (in a worker thread, overlapped with keyword and vectors)
   dense         Retriever.dense_candidates (Chroma query: HNSW, ids and distances)
-  cosines       Retriever.cosines (Chroma get of keyword-only chunks' embeddings)
-  hits          Retriever._to_hits (fusion, papers' first chunks, best chunks' texts)
+  vectors       Retriever.vectors (Chroma get of the keyword top's stored vectors)
+  hits          Retriever._to_hits (fusion, papers' first chunks and best chunks' texts)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import statistics
 import time
 from collections import defaultdict
 
-STAGES = ("ensure_index", "keyword", "embed_query", "dense", "cosines", "hits")
+STAGES = ("ensure_index", "keyword", "embed_query", "vectors", "dense", "hits")
 
 
 class StageTimer:
@@ -46,7 +46,7 @@ class StageTimer:
         self._wrap(r, "ensure_index", "ensure_index")
         self._wrap(r.Retriever, "keyword", "keyword")
         self._wrap(r.Retriever, "dense_candidates", "dense")
-        self._wrap(r.Retriever, "cosines", "cosines")
+        self._wrap(r.Retriever, "vectors", "vectors")
         self._wrap(r.Retriever, "_to_hits", "hits")
         self._wrap(embeddings, "embed_query", "embed_query")
 

@@ -17,6 +17,7 @@ keyword index's build time (and its parts), the first (cold) retrieve, and warm 
 the golden questions, for embedded mode or (--server) a real `chroma run` subprocess.
 
 Usage: python benchmarks/scale.py --papers 10000 [--server] [--rounds 2] [--batch 2000]
+       [--grow 0.01] [--since 2023-06-01]
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from _common import (
     latency_summary,
     line,
     mb,
+    peak_rss_mb,
     questions,
     self_rss_mb,
     server_pid,
@@ -84,6 +86,8 @@ def synthetic_papers(real: list, n: int, seed: int) -> tuple[list, list[int]]:
                 title=" ".join(head + tail),
                 abstract=" ".join(body),
                 sources=["synthetic"],
+                published=real[b].published,  # so date filters select synthetic papers too
+                categories=list(real[b].categories),
             )
         )
         bases.append(b)
@@ -216,6 +220,48 @@ def golden_recall(settings, k: int = 5) -> str:
     return f"{found}/{len(rows)} single-paper questions have their paper in the top {k}"
 
 
+def filtered_latency(tag: str, settings, since: str) -> None:
+    """Warm `qa.retrieve` with a date filter (the arXiv-corpora issue's filters)."""
+    import qa.retrieval
+    from qa.retrieval import retrieve
+
+    qs = questions()
+    retrieve(qs[0], settings=settings, since=since)  # the filter's mask, built once
+    default = qa.retrieval.DENSE_OVERFETCH
+    for overfetch, how in ((default, "no where"), (0, "Chroma where")):
+        qa.retrieval.DENSE_OVERFETCH = overfetch
+        times = []
+        for q in qs:
+            t = time.perf_counter()
+            retrieve(q, settings=settings, since=since)
+            times.append(time.perf_counter() - t)
+        line(f"{tag}: retrieve warm, since {since}, {how}", latency_summary(times))
+    qa.retrieval.DENSE_OVERFETCH = default
+
+
+def grow(tag: str, args, index, real: list, vectors_for, offset: int) -> None:
+    """Add `--grow` (a share) more papers, then time the keyword index update a writer does
+    before committing them (KeywordIndex.build: a full rebuild, read back from Chroma)."""
+    from qa.retrieval import KeywordIndex
+
+    extra, bases = synthetic_papers(real, len(real) + int(args.papers * args.grow), args.seed + 7)
+    for p in extra:  # ids after the main run's
+        p.key = p.arxiv_id = "98" + p.key[2:]
+    chunked, _ = chunk_all([], extra)
+    rng = np.random.default_rng(args.seed + 8)
+    vecs = lambda i, n: perturbed(vectors_for(bases[i], n), rng, args.noise)  # noqa: E731
+    written, write_s, _ = write(index, chunked, vecs, args.batch, None)
+    added = f"{len(extra)} papers, {written} chunks, {write_s:.1f} s"
+    line(f"{tag}: +{args.grow:.0%} papers", added)
+    revision, count = index.revision(), index.count()
+    t = time.perf_counter()
+    KeywordIndex().build(index, revision, count)
+    line(f"{tag}: keyword index update (build+save)", f"{time.perf_counter() - t:.1f} s")
+    t = time.perf_counter()
+    KeywordIndex().load_saved(index, revision, count)
+    line(f"{tag}: keyword index load (a reader)", f"{time.perf_counter() - t:.1f} s")
+
+
 def run(args, settings, where: Path, server_url: str | None = None) -> None:
     from qa.corpus import load_corpus
     from qa.index import open_index
@@ -238,6 +284,7 @@ def run(args, settings, where: Path, server_url: str | None = None) -> None:
     )
 
     index = open_index(settings)
+    index.create()  # written directly, like an index from before the corpus record
     vecs = real_vectors(real, index.model_id)
     rng = np.random.default_rng(args.seed + 1)
 
@@ -277,7 +324,10 @@ def run(args, settings, where: Path, server_url: str | None = None) -> None:
     line(f"{tag}: client CPU per retrieve", cpu_summary(m["cpu"]))
     line(f"{tag}: stages", m["stages"].summary())
     line(f"{tag}: golden sanity check", golden_recall(settings))
-    rss = f"client {self_rss_mb():.0f} MB"
+    filtered_latency(tag, settings, args.since)
+    if args.grow:
+        grow(tag, args, index, real, vectors_for, len(chunked))
+    rss = f"client {self_rss_mb():.0f} MB (peak {peak_rss_mb():.0f} MB)"
     if server_url:
         srv = server_rss_mb(server_url)
         rss += f", server {srv:.0f} MB" if srv else ", server ?"
@@ -293,6 +343,8 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.02, help="Gaussian sigma per dim")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--keep", action="store_true", help="keep the temp store")
+    parser.add_argument("--grow", type=float, default=0.01, help="share of papers added after")
+    parser.add_argument("--since", default="2023-06-01", help="date filter for a warm pass")
     args = parser.parse_args()
 
     for var in [v for v in os.environ if v.startswith("QA_")]:

@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     embed_threads: int = Field(
         2, ge=1, description="onnxruntime intra-op threads for the local embedding model."
     )
+    embed_server_batch: int = Field(
+        64, ge=1, le=2048, description="Texts per request to an embeddings server."
+    )
+    embed_concurrency: int = Field(
+        4, ge=1, le=64, description="Embedding requests in flight to an embeddings server."
+    )
+    embed_retries: int = Field(
+        6, ge=0, le=20, description="Retries (with backoff) of an embedding request on 429/5xx."
+    )
 
     # retrieval
     k: int = Field(5, ge=1, le=50, description="Papers shown to the model.")

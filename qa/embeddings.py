@@ -17,6 +17,7 @@ import os
 import re
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -270,12 +271,27 @@ def _openai_class() -> type:
 
     class TaggedOpenAIEmbeddings(OpenAIEmbeddings):
         model_id: str = ""
+        concurrency: int = 1  # requests in flight (QA_EMBED_CONCURRENCY)
 
         def embed_documents(self, texts: list[str], **kwargs: Any) -> list[list[float]]:
+            """Requests of `chunk_size` texts, `concurrency` at a time, answers in input order.
+
+            Each request is retried on its own by the openai client (429/5xx, exponential
+            backoff honouring Retry-After, `max_retries` times) and its answer placed by
+            position, so a retried batch is neither lost nor counted twice.
+            """
+            step = max(1, self.chunk_size)
+            slices = [texts[i : i + step] for i in range(0, len(texts), step)]
             try:
-                return super().embed_documents(texts, **kwargs)
+                if self.concurrency <= 1 or len(slices) <= 1:
+                    return super().embed_documents(texts, **kwargs)
+                embed = super().embed_documents
+                workers = min(self.concurrency, len(slices))
+                with ThreadPoolExecutor(workers, thread_name_prefix="qa-embed") as pool:
+                    parts = list(pool.map(lambda part: embed(part, **kwargs), slices))
             except Exception as exc:
                 raise EmbeddingsUnavailable(_server_problem(exc, self)) from exc
+            return [vector for part in parts for vector in part]
 
         def embed_query(self, text: str, **kwargs: Any) -> list[float]:
             try:
@@ -316,6 +332,16 @@ def _api_key(settings: Settings) -> str | None:
     return value or None
 
 
+def _server_options(settings: Settings) -> dict[str, Any]:
+    """Batching, parallelism and retries of an embeddings server (QA_EMBED_*)."""
+    return {
+        "chunk_size": settings.embed_server_batch,
+        "concurrency": settings.embed_concurrency,
+        "timeout": settings.request_timeout,
+        "max_retries": settings.embed_retries,
+    }
+
+
 def _openai(model: str, settings: Settings) -> Embeddings:
     key = _api_key(settings)
     if key is None:
@@ -327,8 +353,7 @@ def _openai(model: str, settings: Settings) -> Embeddings:
         model=model,
         api_key=key,
         model_id=f"openai:{model}",
-        timeout=settings.request_timeout,
-        max_retries=settings.max_retries,
+        **_server_options(settings),
     )
 
 
@@ -340,8 +365,7 @@ def _openai_compatible(model: str, base_url: str, settings: Settings) -> Embeddi
         api_key=_api_key(settings) or "not-needed",
         check_embedding_ctx_length=False,
         model_id=f"openai-compatible:{model}@{base_url.rstrip('/')}",
-        timeout=settings.request_timeout,
-        max_retries=settings.max_retries,
+        **_server_options(settings),
     )
 
 

@@ -16,6 +16,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,15 +243,16 @@ def _rebuild(settings: Settings, store: CorpusStore, report: IngestReport, progr
     _drop_retired(new, store)
     _fill(new, store.papers(), report, progress)
     retired = [n for n in [*_retired(store, target), old] if n and n != name]
+    count = new.count()
+    _save_keyword_index(new, store.generation() + 1, count)
     generation = store.set_active(
         target,
-        Active(name, new.model_id, new.count()),
+        Active(name, new.model_id, count),
         **{f"pending:{target}": None, f"retired:{target}": json.dumps(retired)},
     )
     new.generation = generation
     new.bump_revision()
     new.close()
-    _save_keyword_index(open_index(settings))  # the shared handle follows the switch
 
 
 def _retired(store: CorpusStore, target: str) -> list[str]:
@@ -282,18 +284,20 @@ def _commit(
     changed = report.chunks_written or report.removed or active is None
     if not (changed or report.recorded.added or report.recorded.updated):
         return  # nothing new: readers keep their keyword index
-    index.generation = store.set_active(target, Active(index.name, index.model_id, index.count()))
-    index.bump_revision()
+    count = index.count()
     if keyword_index:  # a streamed ingest saves it once, after its last batch
-        _save_keyword_index(index)
+        _save_keyword_index(index, store.generation() + 1, count)
+    index.generation = store.set_active(target, Active(index.name, index.model_id, count))
+    index.bump_revision()
 
 
-def _save_keyword_index(index: Index) -> None:
-    """Build and save the keyword index for the committed state, so readers only load it."""
+def _save_keyword_index(index: Index, generation: int, count: int) -> None:
+    """Build and save the keyword index for the state about to be committed (`generation`:
+    the writer lock is held, so no one else bumps it), so readers only ever load it."""
     from qa.retrieval import KeywordIndex
 
     try:
-        KeywordIndex().rebuild(index)
+        KeywordIndex().build(index, generation, count)
     except IndexUnavailable as exc:  # readers build it themselves; only their start is slower
         log.warning("could not save the keyword index: %s", exc)
 
@@ -319,10 +323,20 @@ def _fill(index: Index, papers: list[Paper], report: IngestReport, progress: boo
         if relabel:
             _merge_sources(index, relabel)
         embedder = CachedEmbeddings(index.embeddings, index.model_id)
-        with _progress(len(todo), progress) as bar:
+        with (
+            _progress(len(todo), progress) as bar,
+            ThreadPoolExecutor(1, thread_name_prefix="qa-ingest-embed") as pool,
+        ):
+            # The next batch is chunked and embedded (in the worker) while this one is
+            # written: the embedder never waits on Chroma. Two batches at most in memory.
+            pending: Future | None = None
             for batch in _batches(todo, WRITE_BATCH):
-                _write_batch(index, embedder, batch, report)
-                bar.update(len(batch))
+                following = pool.submit(_prepare, index, embedder, batch, report)
+                if pending:
+                    bar.update(_write_batch(index, pending.result(), report))
+                pending = following
+            if pending:
+                bar.update(_write_batch(index, pending.result(), report))
         _prune(index, existing, {p.key for p in papers}, report)
         report.vectors_from_cache = embedder.hits
         report.vectors_computed = embedder.computed
@@ -363,7 +377,18 @@ def _batches(todo: list, max_chunks: int) -> Iterable[list]:
         yield batch
 
 
-def _write_batch(index: Index, embedder: Embeddings, batch: list, report: IngestReport) -> None:
+@dataclass
+class Prepared:
+    """One batch's chunks, ready to embed, and the old chunks it makes stale."""
+
+    papers: int
+    chunks: list[Chunk]
+    stale: list[str]
+    vectors: list[list[float]]
+
+
+def _prepare(index: Index, embedder: Embeddings, batch: list, report: IngestReport) -> Prepared:
+    """Chunk and embed one batch (in the ingest worker, one batch at a time)."""
     chunks: list[Chunk] = []
     stale: list[str] = []
     for paper, have in batch:
@@ -379,10 +404,16 @@ def _write_batch(index: Index, embedder: Embeddings, batch: list, report: Ingest
             stale += [f"{paper.key}#{i}" for i in range(len(new), max(have.present, have.expected))]
         else:
             report.added += 1
-    # Embed first (the slow part), then write, then remove the tail a shorter version no
-    # longer has: a kill at any point leaves each paper whole or detectably mixed (its chunks'
-    # hashes or counts disagree), and the next run redoes exactly those papers.
     vectors = embedder.embed_documents([c.text for c in chunks])
+    return Prepared(len(batch), chunks, stale, vectors)
+
+
+def _write_batch(index: Index, prepared: Prepared, report: IngestReport) -> int:
+    """Write one embedded batch; returns its papers (for the progress bar)."""
+    # Embedded first (the slow part), then written, then the tail a shorter version no longer
+    # has removed: a kill at any point leaves each paper whole or detectably mixed (its
+    # chunks' hashes or counts disagree), and the next run redoes exactly those papers.
+    chunks, vectors = prepared.chunks, prepared.vectors
     index.note_write()
     index.call(
         index.collection.upsert,
@@ -391,9 +422,10 @@ def _write_batch(index: Index, embedder: Embeddings, batch: list, report: Ingest
         metadatas=[c.metadata for c in chunks],
         embeddings=vectors,
     )
-    if stale:
-        index.call(index.collection.delete, ids=stale)
+    if prepared.stale:
+        index.call(index.collection.delete, ids=prepared.stale)
     report.chunks_written += len(chunks)
+    return prepared.papers
 
 
 def _prune(index: Index, existing: dict, keep: set[str], report: IngestReport) -> None:

@@ -18,8 +18,10 @@ import shutil
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +34,7 @@ from qa.citations import ARXIV_ID as CITED_ID
 from qa.config import Settings, get_settings
 from qa.corpus import Paper
 from qa.filters import FilterMasks, Filters
-from qa.index import Index, ensure_index, open_index
+from qa.index import Index, ensure_index, open_index, paper_from_metadata
 from qa.wording import american_spelling, normalize_question, split_scripts
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,10 @@ logging.getLogger("bm25s").setLevel(logging.WARNING)  # it forces DEBUG on itsel
 
 Mode = Literal["hybrid", "keyword", "dense"]
 STALE_CHECK_SECONDS = 2.0
+DENSE_OVERFETCH = 4  # filtered questions: neighbours asked for per candidate kept
+# Question embeddings run here, overlapped with the keyword search; a few threads so the UI's
+# concurrent questions do not queue behind one another.
+_EMBED_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="qa-query-embed")
 # A paper named in the question: `arXiv:ID`, `arxiv ID`, an arxiv.org URL, a bare new-style ID
 # (`2306.15875`), or the `ref:` key of a paper without one. Unknown IDs are ignored.
 _ID_IN_TEXT = re.compile(
@@ -90,12 +96,25 @@ def stems(text: str) -> list[str]:
 
     Scripts are split first, so a Latin term glued to CJK text (`什么是POMP`) is its own word,
     and British spellings folded into American ones ("initialise" finds "initialize").
+    Words are folded and stemmed once each (cached): a corpus repeats its vocabulary, and
+    per-text regexes made stemming 3x slower (the keyword index build at 1M chunks).
     """
+    text = text.lower()
+    if not text.isascii():  # only CJK/Thai text has script edges
+        text = split_scripts(text)
+    return [s for s in map(_stem, _WORD.findall(text)) if s]
+
+
+@lru_cache(maxsize=1 << 18)
+def _stem(word: str) -> str:
+    """A word's token ("" for a stop word); the spelling fold is per word, as on the text."""
+    word = american_spelling(word)
+    if word in _STOPWORDS:
+        return ""
     stemmer = getattr(_STEMMERS, "stemmer", None)
     if stemmer is None:
         stemmer = _STEMMERS.stemmer = Stemmer.Stemmer("english")
-    words = _WORD.findall(american_spelling(split_scripts(text).lower()))
-    return stemmer.stemWords([w for w in words if w not in _STOPWORDS])
+    return stemmer.stemWord(word)
 
 
 @dataclass
@@ -109,14 +128,25 @@ class KeywordIndex:
     vocab: dict[str, int] = field(default_factory=dict)
     model: bm25s.BM25 | None = None
     idf: dict[str, float] = field(default_factory=dict)
+    max_idf: float = 1.0  # the weight of a question word no chunk has
     checked_at: float = 0.0
     writes: int = -1  # the Index's in-process write count at the last check
 
     def rebuild(self, index: Index) -> None:
+        """Load the saved index for the committed state, or build (and save) it."""
         revision, count = index.snapshot()  # the last committed write, not one in progress
+        if not self.load_saved(index, revision, count):
+            self.build(index, revision, count)
+
+    def load_saved(self, index: Index, revision: int, count: int) -> bool:
+        """Load the index a writer saved for this state (False when there is none)."""
+        return self._load(_cache_dir(index, revision, count), revision, count)
+
+    def build(self, index: Index, revision: int, count: int) -> None:
+        """Read every chunk back from Chroma, index it, save it for state (revision, count).
+
+        A writer calls this before committing that state, so readers only ever load."""
         cache = _cache_dir(index, revision, count)
-        if self._load(cache, revision, count):
-            return
         ids: list[str] = []
         texts: list[str] = []
         for offset in range(0, count, 5000):
@@ -129,6 +159,7 @@ class KeywordIndex:
         if texts:
             model.index(bm25s.tokenization.Tokenized(ids=tokens, vocab=vocab), show_progress=False)
         self.idf = self._idf(tokens, vocab)
+        self.max_idf = max(self.idf.values(), default=1.0)
         self.ids, self.row_of, self.vocab, self.model = (
             ids,
             {c: i for i, c in enumerate(ids)},
@@ -150,10 +181,9 @@ class KeywordIndex:
             shutil.rmtree(tmp, ignore_errors=True)
             self.model.save(str(tmp))
             (tmp / "qa.json").write_text(json.dumps({"ids": self.ids, "idf": self.idf}))
-            for old in cache.parent.glob(f"{cache.name.rsplit('-r', 1)[0]}-r*"):
-                if ".tmp-" not in old.name:  # superseded revisions (not saves in progress)
-                    shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(cache, ignore_errors=True)  # an unreadable copy of the same state
             os.replace(tmp, cache)
+            _drop_superseded(cache)
         except OSError as exc:  # a read-only or full disk only costs the next start time
             log.warning("could not save the keyword index to %s: %s", cache, exc)
             shutil.rmtree(tmp, ignore_errors=True)
@@ -170,6 +200,7 @@ class KeywordIndex:
         if len(extra["ids"]) != count:
             return False
         self.ids, self.idf, self.model = extra["ids"], extra["idf"], model
+        self.max_idf = max(self.idf.values(), default=1.0)
         self.vocab = model.vocab_dict
         self.row_of = {c: i for i, c in enumerate(self.ids)}
         self.revision, self.count = revision, count
@@ -184,7 +215,7 @@ class KeywordIndex:
         word = {i: w for w, i in vocab.items()}
         return {word[i]: math.log(1 + (n - c + 0.5) / (c + 0.5)) for i, c in df.items()}
 
-    def coverage(self, query_stems: set[str], text: str) -> float:
+    def coverage(self, query_stems: set[str], text: str, chunk_id: str | None = None) -> float:
         """IDF-weighted share of the query's words present in `text`; unknown words weigh most.
 
         A question whose rare words appear nowhere in the corpus ("protein folding") gets a
@@ -192,10 +223,24 @@ class KeywordIndex:
         """
         if not query_stems:
             return 0.0
-        unseen = max(self.idf.values(), default=1.0)
-        weight = {w: self.idf.get(w, unseen) for w in query_stems}
-        found = query_stems & set(stems(text))
+        weight = {w: self.idf.get(w, self.max_idf) for w in query_stems}
+        row = self.row_of.get(chunk_id) if chunk_id else None
+        if row is None or self.model is None:
+            found = query_stems & set(stems(text))
+        else:  # the chunk's words are in the BM25 matrix already: no re-stemming on the hot path
+            found = {w for w in query_stems if self._has(w, row)}
         return sum(weight[w] for w in found) / sum(weight.values())
+
+    def _has(self, stem: str, row: int) -> bool:
+        """Whether chunk `row` contains `stem`: a look-up in the BM25 matrix's column for it
+        (bm25s keeps it column-compressed with sorted row indices)."""
+        token = self.vocab.get(stem)
+        if token is None:
+            return False
+        matrix = self.model.scores
+        rows = matrix["indices"][matrix["indptr"][token] : matrix["indptr"][token + 1]]
+        at = int(np.searchsorted(rows, row))
+        return at < len(rows) and int(rows[at]) == row
 
     def refresh(self, index: Index) -> None:
         """Rebuild if Chroma changed since the last build (checked at most every 2 s)."""
@@ -213,6 +258,22 @@ class KeywordIndex:
         if self.model is None or not self.ids or not ids:
             return np.zeros(len(self.ids), dtype=np.float32)
         return np.asarray(self.model.get_scores(ids), dtype=np.float32)
+
+
+def _drop_superseded(cache: Path) -> None:
+    """Delete saved keyword indexes older than the one before `cache`: a writer saves the
+    next state's before committing it, and readers may still load the current one."""
+    prefix, _, rest = cache.name.rpartition("-r")
+    revision = int(rest.split("-n", 1)[0])
+    for old in cache.parent.glob(f"{prefix}-r*"):
+        if ".tmp-" in old.name:  # a save in progress
+            continue
+        try:
+            theirs = int(old.name.rpartition("-r")[2].split("-n", 1)[0])
+        except ValueError:
+            continue
+        if theirs < revision - 1:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _cache_dir(index: Index, revision: int, count: int) -> Path:
@@ -234,6 +295,11 @@ class KeywordResult:
     scores: np.ndarray
     row_of: dict[str, int]
     index: KeywordIndex
+    allowed: np.ndarray | None = None  # the rows the filters allow (None: no filters)
+
+    def allows(self, chunk_id: str) -> bool:
+        row = self.row_of.get(chunk_id)
+        return self.allowed is None or (row is not None and bool(self.allowed[row]))
 
     def score(self, chunk_id: str) -> float:
         row = self.row_of.get(chunk_id)
@@ -247,7 +313,49 @@ class Retriever:
         self.index = index
         self.keyword_index = KeywordIndex()
         self.lock = threading.Lock()
+        self._building: tuple[int, int] | None = None  # the state built in the background
         self.filter_masks = FilterMasks()
+
+    def _current_keyword_index(self) -> KeywordIndex:
+        """The keyword index to search now (under self.lock): the one saved for the committed
+        state. When a writer committed a state without saving one (a streamed ingest's
+        intermediate batches, a full disk), it is built in the background while questions
+        keep using the previous one: only a process's very first question may build."""
+        kw = self.keyword_index
+        if kw.model is None:
+            kw.refresh(self.index)
+            return kw
+        recent = time.monotonic() - kw.checked_at < STALE_CHECK_SECONDS
+        if recent and self.index.writes == kw.writes:
+            return kw  # other processes' writes are seen within STALE_CHECK_SECONDS; ours at once
+        snapshot = self.index.snapshot()
+        kw.checked_at, kw.writes = time.monotonic(), self.index.writes
+        if snapshot == (kw.revision, kw.count):
+            return kw
+        fresh = KeywordIndex(checked_at=kw.checked_at, writes=kw.writes)
+        if fresh.load_saved(self.index, *snapshot):
+            self.keyword_index = fresh
+            return fresh
+        if self._building != snapshot:
+            self._building = snapshot
+            threading.Thread(
+                target=self._build_in_background, args=(snapshot,), daemon=True
+            ).start()
+        return kw
+
+    def _build_in_background(self, snapshot: tuple[int, int]) -> None:
+        fresh = KeywordIndex()
+        try:
+            fresh.build(self.index, *snapshot)
+        except Exception as exc:  # the next check tries again; questions use the old one
+            log.warning("could not build the keyword index: %s", exc)
+            with self.lock:
+                self._building = None
+            return
+        with self.lock:
+            if self._building == snapshot:
+                fresh.checked_at, fresh.writes = time.monotonic(), self.index.writes
+                self.keyword_index, self._building = fresh, None
 
     def keyword(
         self, query_stems: list[str], n: int, filters: Filters | None = None
@@ -255,8 +363,7 @@ class Retriever:
         """The top `n` chunks by BM25 (a consistent snapshot even while Chroma changes),
         among the chunks `filters` allows."""
         with self.lock:
-            self.keyword_index.refresh(self.index)
-            kw = self.keyword_index
+            kw = self._current_keyword_index()
             scores = kw.scores(query_stems)
             ids, row_of = kw.ids, kw.row_of
             allowed = self.filter_masks.get(self.index, kw, filters) if filters else None
@@ -265,18 +372,17 @@ class Retriever:
             ranked = scores if allowed is None else np.where(allowed, scores, 0.0)
             rows = np.argpartition(-ranked, min(n, len(ranked) - 1))[:n]
             top = {ids[r]: float(ranked[r]) for r in rows if ranked[r] > 0}
-        return KeywordResult(top, scores, row_of, kw)
+        return KeywordResult(top, scores, row_of, kw, allowed)
 
     def dense_candidates(
         self, vector: list[float], n: int, filters: Filters | None = None
     ) -> dict[str, float]:
         """chunk id → cosine for the `n` nearest chunks `filters` allows (ids and distances
         only: cheap)."""
-        size = max(self.keyword_index.count, 1)
-        got = self.index.call(
+        got = self.index.call(  # chromadb 1.x returns fewer results when it has fewer chunks
             self.index.collection.query,
             query_embeddings=[vector],
-            n_results=max(1, min(n, size)),
+            n_results=max(1, n),
             include=["distances"],
             where=filters.where() if filters else None,
         )
@@ -284,14 +390,22 @@ class Retriever:
             cid: 1.0 - dist for cid, dist in zip(got["ids"][0], got["distances"][0], strict=True)
         }
 
-    def cosines(self, vector: list[float], chunk_ids: list[str]) -> dict[str, float]:
-        """Exact cosine for chunks found only by keyword (vectors are unit-normalised)."""
+    def _dense(
+        self, query: str, n: int, filters: Filters | None
+    ) -> tuple[list[float], dict[str, float]]:
+        """The question's vector and its nearest chunks: one worker task, no hand-back between
+        the embedding and the Chroma query."""
+        vector = self.index.embeddings.embed_query(query)
+        return vector, self.dense_candidates(vector, n, filters)
+
+    def vectors(self, chunk_ids: list[str]) -> dict[str, np.ndarray]:
+        """Stored (unit) vectors of chunks: fetched for the keyword top while the question is
+        being embedded, so their cosines cost no round trip after it."""
         if not chunk_ids:
             return {}
         got = self.index.call(self.index.collection.get, ids=chunk_ids, include=["embeddings"])
-        q = np.asarray(vector, dtype=np.float32)
         return {
-            cid: float(np.dot(np.asarray(emb, dtype=np.float32), q))
+            cid: np.asarray(emb, dtype=np.float32)
             for cid, emb in zip(got["ids"], got["embeddings"], strict=True)
         }
 
@@ -299,19 +413,36 @@ class Retriever:
         self, question: str, k: int, mode: Mode, settings: Settings, filters: Filters | None = None
     ) -> list[Hit]:
         n = max(settings.candidates, k * 4)
+        query = normalize_question(_ID_IN_TEXT.sub(" ", question))
+        # The query embedding and dense search (onnxruntime, an HTTP call and Chroma's Rust
+        # core all release the GIL) run in a worker while this thread does what does not need
+        # the vector: the keyword search and fetching the keyword top's stored vectors
+        # (benchmarks/retrieve_vs_naive.py).
+        # With filters the dense side asks for more neighbours without a Chroma `where` and
+        # keeps the allowed ones (measured at 175k chunks: a `where` on the date cost ~0.5 s
+        # per query); a filter too narrow to leave n of them is asked of Chroma with `where`.
+        wide = n * DENSE_OVERFETCH if filters else n
+        pending = _EMBED_POOL.submit(self._dense, query, wide, None) if mode != "keyword" else None
         named = {m.group(1) for m in _ID_IN_TEXT.finditer(question)}
         known = self.index.papers(sorted(named)) if named else {}
         pinned = {key for key, p in known.items() if not filters or filters.matches(p)}
-        query = normalize_question(_ID_IN_TEXT.sub(" ", question))
         query_stems = stems(query)
         keyword = self.keyword(query_stems, n, filters)  # also refreshes the index snapshot
         top_kw = keyword.top if mode != "dense" else {}
-        vector = self.index.embeddings.embed_query(query) if mode != "keyword" else None
-        cos = self.dense_candidates(vector, n, filters) if vector is not None else {}
+        stored = self.vectors(list(top_kw)) if pending else {}
+        vector, cos = pending.result() if pending else (None, {})
+        if filters and vector is not None:
+            allowed = sorted((c for c in cos if keyword.allows(c)), key=lambda c: -cos[c])
+            cos = {c: cos[c] for c in allowed[:n]}
+            if len(cos) < n:
+                cos = self.dense_candidates(vector, n, filters)
 
         chunk_ids = set(top_kw) | set(cos)
         if vector is not None:
-            cos.update(self.cosines(vector, [c for c in chunk_ids if c not in cos]))
+            q = np.asarray(vector, dtype=np.float32)
+            for cid in chunk_ids - cos.keys():
+                if cid in stored:
+                    cos[cid] = float(np.dot(stored[cid], q))
         kw = {cid: keyword.score(cid) for cid in chunk_ids} if mode != "dense" else {}
         fused = fuse(chunk_ids, kw, cos, mode, settings)
         return self._to_hits(set(query_stems), keyword.index, fused, kw, cos, pinned, k)
@@ -336,8 +467,7 @@ class Retriever:
             score, cid = best.get(key, (0.0, f"{key}#0"))
             best[key] = (2.0 + score, cid)
         ranked = sorted(best.items(), key=lambda item: -item[1][0])[:k]
-        papers = self.index.papers([key for key, _ in ranked])
-        texts = self._chunk_texts([cid for _, (_, cid) in ranked])
+        papers, texts = self._records([key for key, _ in ranked], [c for _, (_, c) in ranked])
         top_kw = max(kw.values(), default=0.0) or 1.0
         hits = []
         for key, (score, cid) in ranked:
@@ -353,17 +483,29 @@ class Retriever:
                     snippet,
                     dense=cos.get(cid, 0.0),
                     keyword=kw.get(cid, 0.0) / top_kw,
-                    coverage=keyword_index.coverage(query_stems, text),
+                    coverage=keyword_index.coverage(query_stems, text, cid),
                     pinned=key in pinned,
                 )
             )
         return hits
 
-    def _chunk_texts(self, chunk_ids: list[str]) -> dict[str, str]:
-        if not chunk_ids:
-            return {}
-        got = self.index.call(self.index.collection.get, ids=chunk_ids, include=["documents"])
-        return dict(zip(got["ids"], got["documents"], strict=True))
+    def _records(
+        self, keys: list[str], chunk_ids: list[str]
+    ) -> tuple[dict[str, Paper], dict[str, str]]:
+        """Papers (from their first chunks) and the best chunks' texts, in one Chroma call."""
+        if not keys:
+            return {}, {}
+        wanted = list(dict.fromkeys([*(f"{k}#0" for k in keys), *chunk_ids]))
+        got = self.index.call(
+            self.index.collection.get, ids=wanted, include=["metadatas", "documents"]
+        )
+        papers: dict[str, Paper] = {}
+        texts: dict[str, str] = {}
+        for cid, meta, doc in zip(got["ids"], got["metadatas"], got["documents"], strict=True):
+            texts[cid] = doc
+            if cid.endswith("#0"):
+                papers[meta["key"]] = paper_from_metadata(meta)
+        return papers, texts
 
 
 def fuse(

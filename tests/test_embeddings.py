@@ -246,6 +246,10 @@ class EmbeddingsHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(raw)))
         self.end_headers()
         self.wfile.write(raw)
+        self.embedded(inputs)
+
+    def embedded(self, inputs: list[str]) -> None:
+        """Called after an answered request (subclasses count what was embedded)."""
 
     def log_message(self, *args: object) -> None:
         pass
@@ -288,3 +292,104 @@ def test_openai_compatible_uses_configured_key(server, monkeypatch):
     emb.get_settings.cache_clear()
     get_embeddings(f"openai-compatible:m@{url}").embed_query("x")
     assert requests[0]["auth"] == "Bearer sk-local-123"
+
+
+class FlakyHandler(EmbeddingsHandler):
+    """Answers like EmbeddingsHandler, slowly enough for requests to overlap; request n is
+    refused with 429 when n % 3 == 1 and with 500 when n % 5 == 2 (nothing embedded then)."""
+
+    lock = threading.Lock()
+    served = 0
+    in_flight = 0
+    most_in_flight = 0
+    answered: ClassVar[list[str]] = []  # every text an answered (200) request embedded
+
+    def do_POST(self) -> None:
+        cls = type(self)
+        with cls.lock:
+            n = cls.served = cls.served + 1
+            cls.in_flight += 1
+            cls.most_in_flight = max(cls.most_in_flight, cls.in_flight)
+        try:
+            status = 429 if n % 3 == 1 else 500 if n % 5 == 2 else 200
+            if status != 200:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                raw = json.dumps({"error": {"message": "busy", "type": "server_error"}}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("retry-after-ms", "20")  # the openai client's own header
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+                return
+            threading.Event().wait(0.05)  # a server busy long enough for requests to overlap
+            super().do_POST()
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+
+    def embedded(self, inputs: list[str]) -> None:
+        with type(self).lock:
+            type(self).answered.extend(inputs)
+
+
+@pytest.fixture
+def flaky_server() -> Iterator[tuple[str, type[FlakyHandler]]]:
+    handler = type("Flaky", (FlakyHandler,), {"requests": [], "answered": []})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.base64_ok = False
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", handler
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_server_embeddings_run_concurrently_and_retry_without_loss_or_duplicates(
+    flaky_server, monkeypatch
+):
+    url, handler = flaky_server
+    monkeypatch.setenv("QA_EMBED_CONCURRENCY", "4")
+    monkeypatch.setenv("QA_EMBED_SERVER_BATCH", "3")
+    emb.get_settings.cache_clear()
+    model = get_embeddings(f"openai-compatible:m@{url}")
+    texts = [f"text number {i} " + "x" * (i % 7) for i in range(40)]
+    got = model.embed_documents(texts)
+    assert got == [pytest.approx(fake_vector(t)) for t in texts]  # all, in input order
+    assert sorted(handler.answered) == sorted(texts)  # each batch embedded exactly once
+    assert handler.served > 14  # 14 batches, some refused and retried
+    assert 2 <= handler.most_in_flight <= 4  # several in flight, never above the setting
+
+
+def test_server_that_keeps_failing_names_the_setting(flaky_server, monkeypatch):
+    url, _ = flaky_server
+    monkeypatch.setenv("QA_EMBED_RETRIES", "0")
+    emb.get_settings.cache_clear()
+    model = get_embeddings(f"openai-compatible:m@{url}")
+    with pytest.raises(emb.EmbeddingsUnavailable, match=r"QA_EMBEDDINGS=.*HTTP 429"):
+        model.embed_documents(["a", "b"])  # the first request is refused, no retry allowed
+
+
+def test_ingest_through_a_flaky_server_writes_every_chunk_once(flaky_server, monkeypatch):
+    """`qa ingest` against a server that refuses some requests (429/500): every chunk is
+    embedded exactly once and stored with its own vector, none lost, none twice."""
+    from qa.corpus import load_corpus
+    from qa.index import chunk_paper, open_index
+    from qa.ingest import build_index
+
+    url, handler = flaky_server
+    monkeypatch.setenv("QA_EMBEDDINGS", f"openai-compatible:m@{url}")
+    monkeypatch.setenv("QA_EMBED_CONCURRENCY", "3")
+    monkeypatch.setenv("QA_EMBED_SERVER_BATCH", "4")
+    emb.get_settings.cache_clear()
+    papers = load_corpus()[:12]
+    report = build_index(papers, progress=False)
+    chunks = [c for p in papers for c in chunk_paper(p, emb.get_settings().chunk_tokens)]
+    assert report.added == len(papers) and report.chunks_written == len(chunks)
+    assert sorted(handler.answered) == sorted(c.text for c in chunks)
+    got = open_index().collection.get(include=["documents", "embeddings"])
+    assert sorted(got["ids"]) == sorted(c.id for c in chunks)
+    for text, vector in zip(got["documents"], got["embeddings"], strict=True):
+        assert list(vector) == pytest.approx(fake_vector(text))

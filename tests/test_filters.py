@@ -297,3 +297,16 @@ def test_filters_against_a_chroma_server(chroma_server, monkeypatch):
             assert all(flt.matches(h.paper) for h in hits), (given, mode)
             if mode != "keyword":  # no word of the question is in the cs.CV abstracts
                 assert len(hits) == 4, (given, mode)
+
+
+@pytest.mark.parametrize("given", FILTERS, ids=lambda f: json.dumps(f))
+def test_dense_side_without_where_gives_what_the_where_query_gives(index_env, given, monkeypatch):
+    """Filtered questions take more neighbours without a Chroma `where` and keep the allowed
+    ones (a `where` on 175k chunks cost ~0.5 s); the hits must be those of asking Chroma with
+    the `where` (forced here by an over-fetch of 0, which always falls back)."""
+    import qa.retrieval as retrieval
+
+    wide = [[h.paper.key for h in qa.retrieve(q, k=5, **given)] for q in QUESTIONS]
+    monkeypatch.setattr(retrieval, "DENSE_OVERFETCH", 0)
+    narrow = [[h.paper.key for h in qa.retrieve(q, k=5, **given)] for q in QUESTIONS]
+    assert wide == narrow

@@ -738,3 +738,40 @@ def test_fresh_clone_store_folder_with_only_gitkeep_builds(tmp_path, monkeypatch
     index = ensure_index(get_settings(), progress=False)
     assert index.count() > 800
     assert (store / ".gitkeep").exists()
+
+
+def test_next_batch_is_embedded_while_the_previous_one_is_written(monkeypatch):
+    """Ingest overlaps the embedder with Chroma writes: the first upsert waits until the
+    second batch's embedding has started (it never would in a one-step-at-a-time loop)."""
+    import threading
+
+    import chromadb
+
+    import qa.ingest
+
+    monkeypatch.setattr(qa.ingest, "WRITE_BATCH", 4)  # two papers per batch
+    embedding_started = threading.Event()
+    calls = []
+    inner = qindex.CachedEmbeddings.embed_documents
+
+    def embed(self, texts):
+        calls.append(len(texts))
+        if len(calls) >= 2:
+            embedding_started.set()
+        return inner(self, texts)
+
+    overlapped = []
+    upsert = chromadb.api.models.Collection.Collection.upsert
+
+    def write(self, *args, **kwargs):
+        if not overlapped:
+            overlapped.append(embedding_started.wait(timeout=30))
+        return upsert(self, *args, **kwargs)
+
+    monkeypatch.setattr(qindex.CachedEmbeddings, "embed_documents", embed)
+    monkeypatch.setattr(chromadb.api.models.Collection.Collection, "upsert", write)
+    papers = small_corpus()[:6]
+    report = build_index(papers, progress=False)
+    assert overlapped == [True]
+    assert len(calls) == 3 and report.added == 6
+    assert stored_ids(open_index()) == expected_ids(papers)

@@ -362,3 +362,115 @@ def test_unreadable_saved_keyword_index_is_rebuilt(seeded):
 
 def _no_stemming(text: str) -> list[str]:
     raise AssertionError("the keyword index was rebuilt instead of loaded")
+
+
+@pytest.mark.parametrize("loaded", [False, True], ids=["built", "loaded"])
+def test_coverage_from_the_bm25_matrix_equals_restemming_the_text(seeded, loaded):
+    """The hot path reads which question words a chunk has from the BM25 matrix; it must
+    agree with stemming the chunk's text, for every chunk, in a built and a reloaded index."""
+    import qa.retrieval as retrieval
+
+    qa.retrieve("What is POMP?", k=3)  # the saved copy exists
+    index = open_index()
+    kw = retrieval.KeywordIndex()
+    if loaded:
+        kw.refresh(index)
+    else:
+        kw._load = lambda *a: False  # type: ignore[method-assign]  # build from the documents
+        kw.rebuild(index)
+    got = index.collection.get(include=["documents"])
+    question = set(retrieval.stems("prompt pre-training of language models for graph data"))
+    question.add("zzzunseenword")
+    pairs = list(zip(got["ids"], got["documents"], strict=True))
+    for cid, text in pairs:
+        assert kw.coverage(question, text, cid) == pytest.approx(kw.coverage(question, text))
+    assert any(kw.coverage(question, text, cid) > 0.3 for cid, text in pairs)
+
+
+# ---------------------------------------------------------------- #13 keyword index kept by ingest
+
+
+def test_reader_loads_the_keyword_index_another_process_saved_and_never_builds(
+    small_index, tmp_path, monkeypatch
+):
+    """A writer in another process (`qa ingest`) saves the keyword index before committing;
+    a running reader (several UI replicas on one `chroma run` alike) picks it up without a
+    restart and never builds one itself."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import qa.retrieval as retrieval
+
+    assert _keys("zorbulation") == []  # warm: this reader has a keyword index
+    monkeypatch.setattr(retrieval.KeywordIndex, "build", _no_build)
+    new = tmp_path / "new.jsonl"
+    paper = _paper("zorbulation")
+    new.write_text(json.dumps({"title": paper.title, "abstract": paper.abstract}) + "\n")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "qa.cli", "ingest", str(new)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    time.sleep(retrieval.STALE_CHECK_SECONDS + 0.2)
+    hits = qa.retrieve("zorbulation", k=3, mode="keyword")
+    assert [h.paper.title for h in hits] == [paper.title]
+
+
+def test_state_committed_without_a_keyword_index_is_built_in_the_background(
+    small_index, monkeypatch
+):
+    """A committed state with no saved keyword index (a streamed ingest's batches): questions
+    keep being answered from the previous one while it is built beside them, then switch."""
+    import qa.retrieval as retrieval
+
+    assert _keys("quintaflex") == []
+    release = threading.Event()
+    started = threading.Event()
+    build = retrieval.KeywordIndex.build
+
+    def slow_build(self, index, revision, count):
+        started.set()
+        assert release.wait(timeout=60)
+        return build(self, index, revision, count)
+
+    monkeypatch.setattr(retrieval.KeywordIndex, "build", slow_build)
+    build_index([_paper("quintaflex")], progress=False, keyword_index=False)
+    assert _keys("quintaflex") == []  # answered at once, from the previous keyword index
+    assert started.wait(timeout=30)  # while the new one is being built
+    release.set()
+    deadline = time.monotonic() + 60
+    while _keys("quintaflex") != ["local-quintaflex"]:
+        assert time.monotonic() < deadline, "the background build was never swapped in"
+        time.sleep(0.1)
+
+
+def _no_build(self, index, revision, count):
+    raise AssertionError("a reader built the keyword index instead of loading it")
+
+
+def test_stems_per_word_equal_the_whole_text_pipeline():
+    """`stems` folds and stems each word once (cached); the result must be what the
+    documented pipeline on the whole text gives: split scripts, lower-case, fold British
+    spellings, drop stop words, Snowball-stem."""
+    import Stemmer
+
+    from qa.retrieval import _STOPWORDS, _WORD, stems
+    from qa.wording import american_spelling, split_scripts
+
+    stemmer = Stemmer.Stemmer("english")
+
+    def reference(text: str) -> list[str]:
+        words = _WORD.findall(american_spelling(split_scripts(text).lower()))
+        return stemmer.stemWords([w for w in words if w not in _STOPWORDS])
+
+    texts = [f"{p.title}\n{p.abstract}" for p in _corpus()]
+    texts += ["什么是POMP? Initialise the colour; analysed", "ΣΑΣ Straße İstanbul THE Models"]
+    for text in texts:
+        assert stems(text) == reference(text)

@@ -1,0 +1,100 @@
+"""`qa.build_index` through an instant loopback embeddings server vs a bare upsert loop.
+
+The ceiling of our own ingest pipeline (record the papers, chunk them with the real tokenizer,
+send texts to an OpenAI-compatible server, upsert, save the keyword index) compared with the
+floor: `collection.upsert` of the same chunks and the same vectors in batches of 256, nothing
+else. Same papers (N synthetic ones, as benchmarks/scale.py makes them), same run, fresh
+stores in a temp dir; the server is a subprocess (_instant_embeddings.py) answering at once.
+Prints both rates and their ratio (issue 13's target: ≥ 0.8).
+
+Usage: python benchmarks/ingest_ceiling.py [--papers 5000] [--concurrency 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from _common import free_port, line, peak_rss_mb, temp_dir
+from _instant_embeddings import vector
+
+
+def bare_upsert(papers: list, path: Path) -> tuple[int, float]:
+    """Chunks of `papers` (chunked beforehand) upserted with the server's vectors."""
+    import chromadb
+
+    from qa.index import chunk_paper
+
+    chunks = [c for p in papers for c in chunk_paper(p, 256)]
+    vectors = [vector(c.text) for c in chunks]
+    client = chromadb.PersistentClient(path=str(path))
+    coll = client.create_collection("bare", configuration={"hnsw": {"space": "cosine"}})
+    t = time.perf_counter()
+    for i in range(0, len(chunks), 256):
+        part = chunks[i : i + 256]
+        coll.upsert(
+            ids=[c.id for c in part],
+            documents=[c.text for c in part],
+            metadatas=[c.metadata for c in part],
+            embeddings=vectors[i : i + 256],
+        )
+    return len(chunks), time.perf_counter() - t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--papers", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=4, help="QA_EMBED_CONCURRENCY")
+    args = parser.parse_args()
+    for var in [v for v in os.environ if v.startswith("QA_")]:
+        del os.environ[var]
+    os.environ["QA_EMBED_CONCURRENCY"] = str(args.concurrency)
+
+    from scale import synthetic_papers
+
+    from qa.config import Settings
+    from qa.corpus import load_corpus
+    from qa.ingest import build_index
+
+    real = load_corpus()
+    synth, _ = synthetic_papers(real, args.papers, 1234)
+    papers = (real + synth)[: args.papers]
+    port = free_port()
+    here = Path(__file__).resolve().parent
+    server = subprocess.Popen([sys.executable, str(here / "_instant_embeddings.py"), str(port)])
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url, timeout=1)
+            except urllib.error.HTTPError:
+                break  # it answers (501 to a GET)
+            except OSError:
+                time.sleep(0.1)
+        with temp_dir("bench-ceiling-") as tmp:
+            n_chunks, bare_s = bare_upsert(papers, tmp / "bare")
+            line("bare collection.upsert (256/batch)", f"{n_chunks} chunks in {bare_s:.1f} s "
+                 f"= {n_chunks / bare_s:.0f} chunks/s")  # fmt: skip
+            settings = Settings(
+                persist_dir=tmp / "qa", embeddings=f"openai-compatible:instant@{url}"
+            )
+            t = time.perf_counter()
+            report = build_index(papers, settings=settings, progress=False)
+            qa_s = time.perf_counter() - t
+            line("qa.build_index via instant server", f"{report.chunks_written} chunks in "
+                 f"{qa_s:.1f} s = {report.chunks_written / qa_s:.0f} chunks/s, "
+                 f"{len(papers) / qa_s:.0f} papers/s")  # fmt: skip
+            line("ratio (qa / bare, throughput)", f"{bare_s / qa_s:.2f}x")
+            line("peak RSS of this process", f"{peak_rss_mb():.0f} MB")
+    finally:
+        server.terminate()
+        server.wait()
+
+
+if __name__ == "__main__":
+    main()
