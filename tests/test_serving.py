@@ -190,15 +190,17 @@ def test_busy_port_and_bad_host_name_the_variable(tmp_path):
 
 
 def test_qa_serve_starts_and_answers(tmp_path):
-    """`qa serve` with another tool's secret in `.env`: it serves, and never prints it."""
+    """`qa serve --mcp` with another tool's secret in `.env`: it serves the UI's API and the
+    MCP tools, and never prints the secret."""
     from gradio_client import Client
+    from test_mcp import TOOLS, run
 
     (tmp_path / ".env").write_text(f"HF_TOKEN={SECRET}\n", encoding="utf-8")
     port = free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, *QA, "serve", "--port", str(port)],
+            [sys.executable, *QA, "serve", "--port", str(port), "--mcp"],
             cwd=tmp_path,
             env=clean_env(tmp_path),
             stdout=out,
@@ -217,9 +219,11 @@ def test_qa_serve_starts_and_answers(tmp_path):
             answer, sources = Client(url, verbose=False).predict(
                 "What is POMP?", [], "", None, api_name="/ask"
             )
+            tools = run(f"{url}gradio_api/mcp/", lambda session: session.list_tools()).tools
         finally:
             proc.terminate()
             proc.wait(timeout=30)
     assert "https://arxiv.org/abs/2304.04704" in answer and sources
+    assert {tool.name for tool in tools} == TOOLS
     assert f"serving on http://127.0.0.1:{port}" in log.read_text()
     assert SECRET not in log.read_text() + answer + str(sources)
