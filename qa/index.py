@@ -367,14 +367,14 @@ class StoreDamaged(IndexUnavailable):
 
 def chroma_error(settings: Settings, exc: BaseException) -> IndexUnavailable:
     """The one-line error for a failed Chroma call (StoreDamaged when the files are at fault)."""
-    damaged = not settings.chroma_url and fault_reason(exc) is None
+    damaged = not settings.chroma_url and fault_reason(exc, settings.persist_dir) is None
     return (StoreDamaged if damaged else IndexUnavailable)(unavailable_message(settings, exc))
 
 
 def unavailable_message(settings: Settings, exc: BaseException) -> str:
     """One line: where, what went wrong (a full disk or read-only store by name), the fix."""
     what = _describe_location(settings)
-    fault = fault_reason(exc)
+    fault = fault_reason(exc, None if settings.chroma_url else settings.persist_dir)
     if fault == "the disk is full":
         return (
             f"cannot use {what}: the disk is full; free some space and run the same command "

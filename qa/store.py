@@ -18,6 +18,7 @@ import dataclasses
 import errno
 import json
 import logging
+import shutil
 import sqlite3
 import sys
 import time
@@ -80,20 +81,56 @@ def paper_from_dict(data: dict) -> Paper:
 # ---------------------------------------------------------------- resource faults
 
 
-def fault_reason(exc: BaseException) -> str | None:
-    """Name a resource fault (disk full, read-only, permission denied) hidden in `exc`."""
+def fault_reason(exc: BaseException, where: Path | None = None) -> str | None:
+    """Name a resource fault (disk full, read-only, permission denied) hidden in `exc`.
+
+    SQLite reports a write that fails on a full disk as "disk I/O error" as often as
+    SQLITE_FULL (it depends on which file, the WAL or the database, hit the end of the
+    disk), so an I/O error is named a full disk when `where`'s file system has no room left."""
+    reason = _named_fault(exc)
+    if reason is None and where is not None and _io_error(exc) and _no_room(where):
+        return "the disk is full"
+    return reason
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """`exc` and its causes, each once."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        code = getattr(exc, "errno", None)
-        text = str(exc).lower()
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _io_error(exc: BaseException) -> bool:
+    return any(
+        getattr(e, "errno", None) == errno.EIO or "disk i/o error" in str(e).lower()
+        for e in _chain(exc)
+    )
+
+
+def _no_room(where: Path, spare: int = 1 << 20) -> bool:
+    """Less than `spare` bytes free on the file system holding `where` (or its nearest
+    existing parent)."""
+    path = Path(where)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free < spare
+    except OSError:
+        return False
+
+
+def _named_fault(exc: BaseException) -> str | None:
+    for e in _chain(exc):
+        code = getattr(e, "errno", None)
+        text = str(e).lower()
         if code == errno.ENOSPC or "disk is full" in text or "no space left" in text:
             return "the disk is full"
         if code == errno.EROFS or "read-only file system" in text or "readonly database" in text:
             return "it is read-only"
         if code in (errno.EACCES, errno.EPERM) or "permission denied" in text:
             return "permission denied"
-        exc = exc.__cause__ or exc.__context__
     return None
 
 
@@ -185,7 +222,7 @@ class CorpusStore:
             conn.close()
 
     def _error(self, what: str, exc: BaseException) -> IndexUnavailable:
-        reason = fault_reason(exc)
+        reason = fault_reason(exc, self.path)
         where = f"the corpus record {self.path} (QA_CORPUS_PATH)"
         if reason == "the disk is full":
             fix = "free some space and run the same command again; nothing recorded is lost"

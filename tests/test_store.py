@@ -227,6 +227,21 @@ def test_fault_reasons_are_named():
     assert fault_reason(ValueError("something else")) is None
 
 
+def test_an_io_error_on_a_full_file_system_is_named_a_full_disk(tmp_path, monkeypatch):
+    """SQLite says "disk I/O error" for some writes that hit the end of the disk."""
+    import shutil
+
+    import qa.store
+
+    io_error = sqlite3.OperationalError("disk I/O error")
+    usage = shutil.disk_usage(tmp_path)
+    assert fault_reason(io_error, tmp_path / "store" / "corpus.sqlite3") is None  # room left
+    monkeypatch.setattr(qa.store.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    assert fault_reason(io_error, tmp_path / "store" / "corpus.sqlite3") == "the disk is full"
+    assert fault_reason(io_error) is None  # no place to look: not guessed
+    assert fault_reason(sqlite3.OperationalError("no such table: x"), tmp_path) is None
+
+
 def test_a_full_disk_while_recording_is_named_and_loses_nothing(tmp_path, monkeypatch):
     """Simulated ENOSPC inside the record's transaction: one message, nothing half-written;
     the next run (space freed) records everything."""
