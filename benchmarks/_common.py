@@ -27,6 +27,16 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 GOLDEN = ROOT / "evals" / "golden.jsonl"
 
 
+def default_settings(**overrides: object) -> None:
+    """Run on the defaults: drop the caller's QA_* variables, then set `overrides`
+    (`embed_threads=2` → QA_EMBED_THREADS=2; None leaves a setting at its default)."""
+    for var in [v for v in os.environ if v.startswith("QA_")]:
+        del os.environ[var]
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[f"QA_{name.upper()}"] = str(value)
+
+
 def load() -> str:
     """`uptime`-style load average and core count, e.g. "load 1.92/1.70/1.40 on 2 cores"."""
     one, five, fifteen = os.getloadavg()

@@ -13,14 +13,13 @@ Usage: python benchmarks/ingest_ceiling.py [--papers 5000] [--concurrency 4]
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from _common import free_port, line, peak_rss_mb, temp_dir
+from _common import default_settings, free_port, line, peak_rss_mb, temp_dir
 from _instant_embeddings import vector
 
 
@@ -51,9 +50,7 @@ def main() -> None:
     parser.add_argument("--papers", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=4, help="QA_EMBED_CONCURRENCY")
     args = parser.parse_args()
-    for var in [v for v in os.environ if v.startswith("QA_")]:
-        del os.environ[var]
-    os.environ["QA_EMBED_CONCURRENCY"] = str(args.concurrency)
+    default_settings(embed_concurrency=args.concurrency)
 
     from scale import synthetic_papers
 

@@ -11,9 +11,16 @@ Usage: python benchmarks/retrieve_latency.py [--rounds 2] [--no-server] [--embed
 from __future__ import annotations
 
 import argparse
-import os
 
-from _common import chroma_server, cpu_summary, latency_summary, line, questions, temp_dir
+from _common import (
+    chroma_server,
+    cpu_summary,
+    default_settings,
+    latency_summary,
+    line,
+    questions,
+    temp_dir,
+)
 from _stages import measure_retrieve
 
 
@@ -38,10 +45,7 @@ def main() -> None:
     parser.add_argument("--embed-threads", type=int, help="QA_EMBED_THREADS for this run")
     args = parser.parse_args()
 
-    for var in [v for v in os.environ if v.startswith("QA_")]:
-        del os.environ[var]
-    if args.embed_threads:
-        os.environ["QA_EMBED_THREADS"] = str(args.embed_threads)
+    default_settings(embed_threads=args.embed_threads)
     from qa.config import Settings
 
     qs = questions()

@@ -14,10 +14,9 @@ Usage: python benchmarks/retrieve_vs_naive.py [--rounds 3] [--k 5] [--since 2020
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
-from _common import cpu_summary, latency_summary, line, pct, questions, temp_dir
+from _common import cpu_summary, default_settings, latency_summary, line, pct, questions, temp_dir
 
 
 def main() -> None:
@@ -27,10 +26,7 @@ def main() -> None:
     parser.add_argument("--since", help="time qa.retrieve with this date filter")
     parser.add_argument("--embed-threads", type=int, help="QA_EMBED_THREADS for this run")
     args = parser.parse_args()
-    for var in [v for v in os.environ if v.startswith("QA_")]:
-        del os.environ[var]
-    if args.embed_threads:
-        os.environ["QA_EMBED_THREADS"] = str(args.embed_threads)
+    default_settings(embed_threads=args.embed_threads)
 
     from langchain_chroma import Chroma
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from _common import (
     chroma_server,
     cpu_seconds,
     cpu_summary,
+    default_settings,
     du_bytes,
     latency_summary,
     line,
@@ -347,8 +347,7 @@ def main() -> None:
     parser.add_argument("--since", default="2023-06-01", help="date filter for a warm pass")
     args = parser.parse_args()
 
-    for var in [v for v in os.environ if v.startswith("QA_")]:
-        del os.environ[var]
+    default_settings()
     from qa.config import Settings
 
     print(f"scale run: {args.papers} papers, {'server' if args.server else 'embedded'}", flush=True)
