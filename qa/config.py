@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     candidates: int = Field(50, ge=5, description="Chunks taken from each retriever.")
     keyword_weight: float = Field(0.6, ge=0, le=1, description="Keyword share of fused score.")
     fusion: Literal["convex", "rrf"] = Field("convex", description="How the channels fuse.")
+    chunk_cache: int = Field(
+        20000,
+        ge=0,
+        description="Indexes of up to this many chunks are held in a reader's memory (vectors, "
+        "texts; ~4 KB a chunk) instead of read from Chroma per question (0: never).",
+    )
 
     # answering
     model: str = Field("stub", description="Chat model spec: stub | openai:<m> | ollama:<m> | …")

@@ -131,22 +131,35 @@ class KeywordIndex:
     max_idf: float = 1.0  # the weight of a question word no chunk has
     checked_at: float = 0.0
     writes: int = -1  # the Index's in-process write count at the last check
+    table: ChunkTable | None = None  # its chunks' vectors and texts, for small indexes
+
+    def chunk_table(self) -> ChunkTable | None:
+        """The in-memory chunk table of this state (None: not loaded, or made for the
+        state this object held before an in-place rebuild)."""
+        table = self.table
+        return table if table is not None and table.ids is self.ids else None
 
     def rebuild(self, index: Index) -> None:
-        """Load the saved index for the committed state, or build (and save) it."""
+        """Readers: load the saved index for the committed state, or build it in memory (a
+        reader never writes: only a writer's `build` saves one)."""
         revision, count = index.snapshot()  # the last committed write, not one in progress
         if not self.load_saved(index, revision, count):
-            self.build(index, revision, count)
+            self.build_in_memory(index, revision, count)
 
     def load_saved(self, index: Index, revision: int, count: int) -> bool:
         """Load the index a writer saved for this state (False when there is none)."""
         return self._load(_cache_dir(index, revision, count), revision, count)
 
     def build(self, index: Index, revision: int, count: int) -> None:
-        """Read every chunk back from Chroma, index it, save it for state (revision, count).
+        """Writers only: build the index for state (revision, count) and save it beside the
+        store (dropping older copies). A writer calls this before committing that state, so
+        readers load it instead of building it."""
+        self.build_in_memory(index, revision, count)
+        self._save(_cache_dir(index, revision, count))
 
-        A writer calls this before committing that state, so readers only ever load."""
-        cache = _cache_dir(index, revision, count)
+    def build_in_memory(self, index: Index, revision: int, count: int) -> None:
+        """Read every chunk back from Chroma and index it, writing nothing (what a reader does
+        for a state no writer saved an index for)."""
         ids: list[str] = []
         texts: list[str] = []
         for offset in range(0, count, 5000):
@@ -169,7 +182,6 @@ class KeywordIndex:
         self.revision, self.count = revision, count
         self.checked_at = time.monotonic()
         log.debug("keyword index rebuilt: %d chunks (revision %d)", count, revision)
-        self._save(cache)
 
     def _save(self, cache: Path) -> None:
         """Keep the index on disk so the next start skips the rebuild (a minute at 100k)."""
@@ -284,6 +296,60 @@ def _cache_dir(index: Index, revision: int, count: int) -> Path:
     return index.settings.persist_dir / ".keyword-index" / f"{tag}-r{revision}-n{count}"
 
 
+@dataclass(frozen=True, eq=False)
+class ChunkTable:
+    """Every chunk's stored vector and text, and every paper's first-chunk metadata, for one
+    keyword-index state, held by a reader when the index has at most `QA_CHUNK_CACHE` chunks.
+
+    A question then reads the keyword top's vectors (for their cosines) and its hits' papers
+    and texts from memory instead of two Chroma `get`s: at 517 papers those were ~2.5 ms CPU
+    of a ~16 ms call, and 1.54x a naive dense search became ~1.1x
+    (benchmarks/retrieve_vs_naive.py). The values are Chroma's own, so results are unchanged;
+    a chunk it lacks (written after it was read) is fetched from Chroma as before.
+    """
+
+    ids: list[str]  # the keyword index's id list: which state this table is for
+    row_of: dict[str, int]  # ... and its chunk id → row
+    vectors: np.ndarray  # (chunks, dim) float32, row i is chunk ids[i]
+    present: np.ndarray  # bool per row: Chroma still held the chunk when it was read
+    texts: list[str]
+    firsts: dict[str, dict]  # first chunk's id → its metadata (the paper's record)
+
+    @classmethod
+    def read(
+        cls, index: Index, ids: list[str], row_of: dict[str, int], batch: int = 5000
+    ) -> ChunkTable:
+        """Read the chunks `ids` from Chroma, in batches (once per keyword-index state, in
+        the background)."""
+        vectors: np.ndarray | None = None
+        present = np.zeros(len(ids), dtype=bool)
+        texts = [""] * len(ids)
+        firsts: dict[str, dict] = {}
+        for start in range(0, len(ids), batch):
+            got = index.call(
+                index.collection.get,
+                ids=ids[start : start + batch],
+                include=["embeddings", "documents", "metadatas"],
+            )
+            for cid, emb, doc, meta in zip(
+                got["ids"], got["embeddings"], got["documents"], got["metadatas"], strict=True
+            ):
+                row = row_of[cid]
+                if vectors is None:
+                    vectors = np.zeros((len(ids), len(emb)), dtype=np.float32)
+                vectors[row], present[row], texts[row] = emb, True, doc
+                if cid.endswith("#0"):
+                    firsts[cid] = meta
+        if vectors is None:
+            vectors = np.zeros((len(ids), 0), dtype=np.float32)
+        return cls(ids, row_of, vectors, present, texts, firsts)
+
+    def row(self, chunk_id: str) -> int | None:
+        """The chunk's row, or None when the table lacks it."""
+        row = self.row_of.get(chunk_id)
+        return row if row is not None and self.present[row] else None
+
+
 # ---------------------------------------------------------------- retriever
 
 
@@ -296,6 +362,7 @@ class KeywordResult:
     row_of: dict[str, int]
     index: KeywordIndex
     allowed: np.ndarray | None = None  # the rows the filters allow (None: no filters)
+    table: ChunkTable | None = None  # that state's chunks in memory (small indexes)
 
     def allows(self, chunk_id: str) -> bool:
         row = self.row_of.get(chunk_id)
@@ -314,6 +381,7 @@ class Retriever:
         self.keyword_index = KeywordIndex()
         self.lock = threading.Lock()
         self._building: tuple[int, int] | None = None  # the state built in the background
+        self._tabled: list[str] | None = None  # the keyword ids whose chunk table was started
         self.filter_masks = FilterMasks()
 
     def _current_keyword_index(self) -> KeywordIndex:
@@ -346,7 +414,7 @@ class Retriever:
     def _build_in_background(self, snapshot: tuple[int, int]) -> None:
         fresh = KeywordIndex()
         try:
-            fresh.build(self.index, *snapshot)
+            fresh.build_in_memory(self.index, *snapshot)
         except Exception as exc:  # the next check tries again; questions use the old one
             log.warning("could not build the keyword index: %s", exc)
             with self.lock:
@@ -367,12 +435,34 @@ class Retriever:
             scores = kw.scores(query_stems)
             ids, row_of = kw.ids, kw.row_of
             allowed = self.filter_masks.get(self.index, kw, filters) if filters else None
+            table = kw.chunk_table()
+            if table is None:
+                self._load_table(kw)
         top: dict[str, float] = {}
         if len(scores):
             ranked = scores if allowed is None else np.where(allowed, scores, 0.0)
             rows = np.argpartition(-ranked, min(n, len(ranked) - 1))[:n]
             top = {ids[r]: float(ranked[r]) for r in rows if ranked[r] > 0}
-        return KeywordResult(top, scores, row_of, kw, allowed)
+        return KeywordResult(top, scores, row_of, kw, allowed, table)
+
+    def _load_table(self, kw: KeywordIndex) -> None:
+        """Start reading the chunk table of `kw`'s state in the background (under self.lock;
+        indexes of at most QA_CHUNK_CACHE chunks; once per state, failed or not)."""
+        ids = kw.ids
+        if not ids or len(ids) > self.index.settings.chunk_cache or self._tabled is ids:
+            return
+        self._tabled = ids
+        threading.Thread(target=self._read_table, args=(kw, ids, kw.row_of), daemon=True).start()
+
+    def _read_table(self, kw: KeywordIndex, ids: list[str], row_of: dict[str, int]) -> None:
+        try:
+            table = ChunkTable.read(self.index, ids, row_of)
+        except Exception as exc:  # questions keep reading chunks from Chroma
+            log.warning("could not hold the index's chunks in memory: %s", exc)
+            return
+        with self.lock:
+            if kw.ids is ids:
+                kw.table = table
 
     def dense_candidates(
         self, vector: list[float], n: int, filters: Filters | None = None
@@ -398,16 +488,26 @@ class Retriever:
         vector = self.index.embeddings.embed_query(query)
         return vector, self.dense_candidates(vector, n, filters)
 
-    def vectors(self, chunk_ids: list[str]) -> dict[str, np.ndarray]:
-        """Stored (unit) vectors of chunks: fetched for the keyword top while the question is
-        being embedded, so their cosines cost no round trip after it."""
-        if not chunk_ids:
-            return {}
-        got = self.index.call(self.index.collection.get, ids=chunk_ids, include=["embeddings"])
-        return {
-            cid: np.asarray(emb, dtype=np.float32)
-            for cid, emb in zip(got["ids"], got["embeddings"], strict=True)
-        }
+    def vectors(
+        self, chunk_ids: list[str], table: ChunkTable | None = None
+    ) -> dict[str, np.ndarray]:
+        """Stored (unit) vectors of chunks: from the chunk table (default: the current keyword
+        index's), the rest fetched from Chroma (the keyword top's while the question is
+        being embedded, so their cosines cost no round trip after it)."""
+        table = table if table is not None else self.keyword_index.chunk_table()
+        found: dict[str, np.ndarray] = {}
+        missing = []
+        for cid in chunk_ids:
+            row = table.row(cid) if table is not None else None
+            if row is None:
+                missing.append(cid)
+            else:
+                found[cid] = table.vectors[row]
+        if missing:
+            got = self.index.call(self.index.collection.get, ids=missing, include=["embeddings"])
+            for cid, emb in zip(got["ids"], got["embeddings"], strict=True):
+                found[cid] = np.asarray(emb, dtype=np.float32)
+        return found
 
     def cosines(self, vector: list[float], chunk_ids: list[str]) -> dict[str, float]:
         """Exact cosine of a query vector with stored chunks (vectors are unit-normalised)."""
@@ -434,7 +534,7 @@ class Retriever:
         query_stems = stems(query)
         keyword = self.keyword(query_stems, n, filters)  # also refreshes the index snapshot
         top_kw = keyword.top if mode != "dense" else {}
-        stored = self.vectors(list(top_kw)) if pending else {}
+        stored = self.vectors(list(top_kw), keyword.table) if pending else {}
         vector, cos = pending.result() if pending else (None, {})
         if filters and vector is not None:
             allowed = sorted((c for c in cos if keyword.allows(c)), key=lambda c: -cos[c])
@@ -450,12 +550,12 @@ class Retriever:
                     cos[cid] = float(np.dot(stored[cid], q))
         kw = {cid: keyword.score(cid) for cid in chunk_ids} if mode != "dense" else {}
         fused = fuse(chunk_ids, kw, cos, mode, settings)
-        return self._to_hits(set(query_stems), keyword.index, fused, kw, cos, pinned, k)
+        return self._to_hits(set(query_stems), keyword, fused, kw, cos, pinned, k)
 
     def _to_hits(
         self,
         query_stems: set[str],
-        keyword_index: KeywordIndex,
+        keyword: KeywordResult,
         fused: dict[str, float],
         kw: dict[str, float],
         cos: dict[str, float],
@@ -472,7 +572,9 @@ class Retriever:
             score, cid = best.get(key, (0.0, f"{key}#0"))
             best[key] = (2.0 + score, cid)
         ranked = sorted(best.items(), key=lambda item: -item[1][0])[:k]
-        papers, texts = self._records([key for key, _ in ranked], [c for _, (_, c) in ranked])
+        papers, texts = self._records(
+            [key for key, _ in ranked], [c for _, (_, c) in ranked], keyword.table
+        )
         top_kw = max(kw.values(), default=0.0) or 1.0
         hits = []
         for key, (score, cid) in ranked:
@@ -488,25 +590,36 @@ class Retriever:
                     snippet,
                     dense=cos.get(cid, 0.0),
                     keyword=kw.get(cid, 0.0) / top_kw,
-                    coverage=keyword_index.coverage(query_stems, text, cid),
+                    coverage=keyword.index.coverage(query_stems, text, cid),
                     pinned=key in pinned,
                 )
             )
         return hits
 
     def _records(
-        self, keys: list[str], chunk_ids: list[str]
+        self, keys: list[str], chunk_ids: list[str], table: ChunkTable | None
     ) -> tuple[dict[str, Paper], dict[str, str]]:
-        """Papers (from their first chunks) and the best chunks' texts, in one Chroma call."""
+        """Papers (from their first chunks) and the best chunks' texts: from the chunk table,
+        the rest in one Chroma call."""
         if not keys:
             return {}, {}
         wanted = list(dict.fromkeys([*(f"{k}#0" for k in keys), *chunk_ids]))
-        got = self.index.call(
-            self.index.collection.get, ids=wanted, include=["metadatas", "documents"]
-        )
+        rows: list[tuple[str, dict | None, str]] = []
+        missing = []
+        for cid in wanted:
+            row = table.row(cid) if table is not None else None
+            if row is None:
+                missing.append(cid)
+            else:
+                rows.append((cid, table.firsts.get(cid), table.texts[row]))
+        if missing:
+            got = self.index.call(
+                self.index.collection.get, ids=missing, include=["metadatas", "documents"]
+            )
+            rows += zip(got["ids"], got["metadatas"], got["documents"], strict=True)
         papers: dict[str, Paper] = {}
         texts: dict[str, str] = {}
-        for cid, meta, doc in zip(got["ids"], got["metadatas"], got["documents"], strict=True):
+        for cid, meta, doc in rows:
             texts[cid] = doc
             if cid.endswith("#0"):
                 papers[meta["key"]] = paper_from_metadata(meta)
