@@ -317,7 +317,7 @@ class ChunkTable:
 
     @classmethod
     def read(
-        cls, index: Index, ids: list[str], row_of: dict[str, int], batch: int = 5000
+        cls, index: Index, ids: list[str], row_of: dict[str, int], batch: int = 1000
     ) -> ChunkTable:
         """Read the chunks `ids` from Chroma, in batches (once per keyword-index state, in
         the background)."""
@@ -528,11 +528,11 @@ class Retriever:
         # per query); a filter too narrow to leave n of them is asked of Chroma with `where`.
         wide = n * DENSE_OVERFETCH if filters else n
         pending = _EMBED_POOL.submit(self._dense, query, wide, None) if mode != "keyword" else None
-        named = {m.group(1) for m in _ID_IN_TEXT.finditer(question)}
-        known = self.index.papers(sorted(named)) if named else {}
-        pinned = {key for key, p in known.items() if not filters or filters.matches(p)}
         query_stems = stems(query)
         keyword = self.keyword(query_stems, n, filters)  # also refreshes the index snapshot
+        named = sorted({m.group(1) for m in _ID_IN_TEXT.finditer(question)})
+        known = self._records(named, [], keyword.table)[0]
+        pinned = {key for key, p in known.items() if not filters or filters.matches(p)}
         top_kw = keyword.top if mode != "dense" else {}
         stored = self.vectors(list(top_kw), keyword.table) if pending else {}
         vector, cos = pending.result() if pending else (None, {})

@@ -346,18 +346,23 @@ def test_keyword_index_is_saved_and_reloaded_without_retokenising(seeded, monkey
     assert fresh.ids[int(scores.argmax())].startswith("2304.04704#")
 
 
-def test_unreadable_saved_keyword_index_is_rebuilt(seeded):
+def test_unreadable_saved_keyword_index_is_built_in_memory_and_left_alone(seeded):
+    """A reader never writes: it builds the index in memory and leaves the file to writers."""
     import qa.retrieval as retrieval
     from qa.index import open_index
 
     qa.retrieve("What is POMP?", k=3)
     index = open_index()
     cache = retrieval._cache_dir(index, index.revision(), index.count())
-    (cache / "qa.json").write_text("{not json")
-    fresh = retrieval.KeywordIndex()
-    fresh.refresh(index)
-    assert len(fresh.ids) == index.count()
-    assert len(json.loads((cache / "qa.json").read_text())["ids"]) == index.count()  # re-saved
+    saved = (cache / "qa.json").read_text()
+    try:
+        (cache / "qa.json").write_text("{not json")
+        fresh = retrieval.KeywordIndex()
+        fresh.refresh(index)
+        assert len(fresh.ids) == index.count()
+        assert (cache / "qa.json").read_text() == "{not json"
+    finally:
+        (cache / "qa.json").write_text(saved)  # the session's index, for the next tests
 
 
 def _no_stemming(text: str) -> list[str]:
@@ -404,7 +409,7 @@ def test_reader_loads_the_keyword_index_another_process_saved_and_never_builds(
     import qa.retrieval as retrieval
 
     assert _keys("zorbulation") == []  # warm: this reader has a keyword index
-    monkeypatch.setattr(retrieval.KeywordIndex, "build", _no_build)
+    monkeypatch.setattr(retrieval.KeywordIndex, "build_in_memory", _no_build)
     new = tmp_path / "new.jsonl"
     paper = _paper("zorbulation")
     new.write_text(json.dumps({"title": paper.title, "abstract": paper.abstract}) + "\n")
@@ -433,14 +438,14 @@ def test_state_committed_without_a_keyword_index_is_built_in_the_background(
     assert _keys("quintaflex") == []
     release = threading.Event()
     started = threading.Event()
-    build = retrieval.KeywordIndex.build
+    build = retrieval.KeywordIndex.build_in_memory
 
     def slow_build(self, index, revision, count):
         started.set()
         assert release.wait(timeout=60)
         return build(self, index, revision, count)
 
-    monkeypatch.setattr(retrieval.KeywordIndex, "build", slow_build)
+    monkeypatch.setattr(retrieval.KeywordIndex, "build_in_memory", slow_build)
     build_index([_paper("quintaflex")], progress=False, keyword_index=False)
     assert _keys("quintaflex") == []  # answered at once, from the previous keyword index
     assert started.wait(timeout=30)  # while the new one is being built
@@ -474,3 +479,97 @@ def test_stems_per_word_equal_the_whole_text_pipeline():
     texts += ["什么是POMP? Initialise the colour; analysed", "ΣΑΣ Straße İstanbul THE Models"]
     for text in texts:
         assert stems(text) == reference(text)
+
+
+def _folder_state(folder) -> dict[str, float]:
+    """Every file under `folder` with its modification time (empty when there is none)."""
+    if not folder.exists():
+        return {}
+    return {str(f.relative_to(folder)): f.stat().st_mtime_ns for f in folder.rglob("*")}
+
+
+def test_a_reader_never_creates_changes_or_deletes_saved_keyword_indexes(small_index):
+    """Readers only load: a state a writer committed without saving a keyword index is built
+    in memory, and nothing in `<persist_dir>/.keyword-index/` is created, rewritten or
+    dropped by a reader (a new process, a running one, with or without the folder)."""
+    import shutil
+
+    folder = get_settings().persist_dir / ".keyword-index"
+    before = _folder_state(folder)
+    assert before  # the writer saved one
+    reset_qa_caches()  # a new process's view: loads the saved index
+    assert _keys("quintaflex") == []
+    build_index([_paper("quintaflex")], progress=False, keyword_index=False)
+    after_write = _folder_state(folder)
+    assert after_write == before  # (this writer left it to a later batch)
+    _wait_for_keys("quintaflex", ["local-quintaflex"])  # built in memory, in the background
+    reset_qa_caches()
+    assert _keys("quintaflex") == ["local-quintaflex"]  # a new process builds it again
+    assert _folder_state(folder) == before
+    shutil.rmtree(folder)
+    reset_qa_caches()
+    assert _keys("quintaflex") == ["local-quintaflex"]
+    assert not folder.exists()
+
+
+def _wait_for_keys(question: str, expected: list[str]) -> None:
+    deadline = time.monotonic() + 60
+    while _keys(question) != expected:
+        assert time.monotonic() < deadline, "the background build was never swapped in"
+        time.sleep(0.1)
+
+
+# ---------------------------------------------------------------- #13 chunks held in memory
+
+
+def _wait_for_table(retriever) -> None:
+    deadline = time.monotonic() + 60
+    while retriever.keyword_index.chunk_table() is None:
+        assert time.monotonic() < deadline, "the chunk table was never loaded"
+        time.sleep(0.05)
+
+
+def test_hits_from_the_in_memory_chunks_equal_hits_read_from_chroma(seeded, monkeypatch):
+    """A small index's chunks (vectors, texts, papers) are held in memory so a question makes
+    no Chroma `get`; the hits are exactly those of reading the chunks from Chroma, which is
+    what an index larger than QA_CHUNK_CACHE still does."""
+    import qa.retrieval as retrieval
+    from qa.filters import Filters
+
+    settings = get_settings()
+    index = open_index(settings)
+    questions = [q for q, _ in KNOWN] + ["What is POMP? 2306.15875", "graph neural networks"]
+    cases = [
+        (q, mode, filters)
+        for q in questions
+        for mode in MODES
+        for filters in [None, Filters.make("2023-06-01", None, None, None)]
+    ]
+
+    def answers(retriever) -> list[list[dict]]:
+        return [
+            [h.to_dict() | {"pinned": h.pinned} for h in retriever.retrieve(q, 6, m, settings, f)]
+            for q, m, f in cases
+        ]
+
+    held = retrieval.Retriever(index)
+    for filters in {f for _, _, f in cases}:  # (a filter's first use reads its mask)
+        held.retrieve("warm up", 5, "hybrid", settings, filters)
+    _wait_for_table(held)
+    gets: list[str] = []
+    real_call = index.call
+
+    def spy(fn, *args, **kwargs):
+        gets.append(getattr(fn, "__name__", ""))
+        return real_call(fn, *args, **kwargs)
+
+    monkeypatch.setattr(index, "call", spy)
+    from_memory = answers(held)
+    assert "get" not in gets  # neither the keyword top's vectors nor the hits' records
+    monkeypatch.setattr(settings, "chunk_cache", index.count() - 1)  # one chunk too many
+    read = retrieval.Retriever(index)
+    from_chroma = answers(read)
+    assert read.keyword_index.chunk_table() is None
+    assert "get" in gets
+    assert from_memory == from_chroma
+    assert any(hits for hits in from_memory)
