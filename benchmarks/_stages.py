@@ -5,8 +5,10 @@ Stages (nested calls are counted once, in the stage that makes them):
   keyword       Retriever.keyword (staleness check, BM25 over every chunk, top-n)
   embed_query   the query vector (in a worker thread, overlapped with keyword and vectors)
   dense         Retriever.dense_candidates (Chroma query: HNSW, ids and distances)
-  vectors       Retriever.vectors (Chroma get of the keyword top's stored vectors)
-  hits          Retriever._to_hits (fusion, papers' first chunks and best chunks' texts)
+  vectors       Retriever.vectors (the keyword top's stored vectors: from the in-memory chunk
+                table up to QA_CHUNK_CACHE chunks, else one Chroma get)
+  hits          Retriever._to_hits (grouping; papers' first chunks and best chunks' texts, from
+                the chunk table or one Chroma get)
 """
 
 from __future__ import annotations
