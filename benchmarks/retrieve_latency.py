@@ -6,6 +6,7 @@ every question of evals/golden.jsonl `--rounds` times after a short warm-up; the
 Embedded mode, then server mode against a real `chroma run` subprocess (QA_CHROMA_URL).
 
 Usage: python benchmarks/retrieve_latency.py [--rounds 2] [--no-server] [--embed-threads N]
+       [--chunk-cache N]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def run(label: str, settings, qs: list[str], rounds: int) -> None:
     line(f"{label}: first retrieve (cold)", f"{m['first'] * 1000:.0f} ms")
     line(f"{label}: first retrieve stages", m["first_stages"].summary())
     line(f"{label}: keyword index build (in 1st call)", f"{m['kw_build'] * 1000:.0f} ms")
+    line(f"{label}: chunks held in memory", str(m["in_memory"]))
     line(f"{label}: retrieve warm", latency_summary(m["latencies"]))
     line(f"{label}: client CPU per retrieve", cpu_summary(m["cpu"]))
     line(f"{label}: stages", m["stages"].summary())
@@ -43,9 +45,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="passes over the questions")
     parser.add_argument("--no-server", action="store_true", help="embedded mode only")
     parser.add_argument("--embed-threads", type=int, help="QA_EMBED_THREADS for this run")
+    parser.add_argument("--chunk-cache", type=int, help="QA_CHUNK_CACHE for this run")
     args = parser.parse_args()
 
-    default_settings(embed_threads=args.embed_threads)
+    default_settings(embed_threads=args.embed_threads, chunk_cache=args.chunk_cache)
     from qa.config import Settings
 
     qs = questions()

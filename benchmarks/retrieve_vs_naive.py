@@ -21,6 +21,7 @@ import argparse
 import time
 
 from _common import cpu_summary, default_settings, latency_summary, line, pct, questions, temp_dir
+from _stages import chunks_in_memory
 
 
 def main() -> None:
@@ -55,7 +56,7 @@ def main() -> None:
         for q in qs[:10]:  # warm-up: model loaded, keyword index loaded, caches hot
             naive.similarity_search(q, k=args.k)
             retrieve(q, k=args.k, settings=settings, **filt)
-        line("chunks held in memory", str(_chunks_in_memory(settings)))
+        line("chunks held in memory", str(chunks_in_memory(get_retriever(settings))))
         times: dict[str, list[float]] = {"naive": [], "hybrid": []}
         cpu: dict[str, list[float]] = {"naive": [], "hybrid": []}
         for _ in range(args.rounds):
@@ -75,20 +76,6 @@ def main() -> None:
         line("ratio of p50s (hybrid / naive)", f"{ratio:.2f}x")
         line("CPU per call (all threads), naive", cpu_summary(cpu["naive"]))
         line("CPU per call (all threads), hybrid", cpu_summary(cpu["hybrid"]))
-
-
-def _chunks_in_memory(settings, wait: float = 30.0) -> bool:
-    """Whether the reader holds the chunks in memory (loaded in the background: wait for it
-    when the index is small enough)."""
-    from qa.retrieval import get_retriever
-
-    retriever = get_retriever(settings)
-    if len(retriever.keyword_index.ids) > settings.chunk_cache:
-        return False
-    deadline = time.monotonic() + wait
-    while retriever.keyword_index.chunk_table() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return retriever.keyword_index.chunk_table() is not None
 
 
 if __name__ == "__main__":
