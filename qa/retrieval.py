@@ -303,7 +303,7 @@ class ChunkTable:
 
     A question then reads the keyword top's vectors (for their cosines) and its hits' papers
     and texts from memory instead of two Chroma `get`s: at 517 papers those were ~2.5 ms CPU
-    of a ~16 ms call, and 1.54x a naive dense search became ~1.1x
+    of a ~16 ms call, and ~1.5x a naive dense search became ~1.15x
     (benchmarks/retrieve_vs_naive.py). The values are Chroma's own, so results are unchanged;
     a chunk it lacks (written after it was read) is fetched from Chroma as before.
     """
