@@ -381,7 +381,8 @@ class Retriever:
         self.keyword_index = KeywordIndex()
         self.lock = threading.Lock()
         self._building: tuple[int, int] | None = None  # the state built in the background
-        self._tabled: list[str] | None = None  # the keyword ids whose chunk table was started
+        self._asked: list[str] | None = None  # the keyword ids a question has used
+        self._tabled: list[str] | None = None  # ... and those whose chunk table was started
         self.filter_masks = FilterMasks()
 
     def _current_keyword_index(self) -> KeywordIndex:
@@ -447,9 +448,13 @@ class Retriever:
 
     def _load_table(self, kw: KeywordIndex) -> None:
         """Start reading the chunk table of `kw`'s state in the background (under self.lock;
-        indexes of at most QA_CHUNK_CACHE chunks; once per state, failed or not)."""
+        indexes of at most QA_CHUNK_CACHE chunks; once per state, failed or not), from its
+        second question on: a one-shot `qa ask` would read it for nothing."""
         ids = kw.ids
         if not ids or len(ids) > self.index.settings.chunk_cache or self._tabled is ids:
+            return
+        if self._asked is not ids:
+            self._asked = ids
             return
         self._tabled = ids
         threading.Thread(target=self._read_table, args=(kw, ids, kw.row_of), daemon=True).start()

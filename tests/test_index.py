@@ -627,7 +627,8 @@ def test_server_going_down_mid_session(fresh_chroma_server, monkeypatch):
     papers = small_corpus(6)
     build_index(papers, progress=False)
     assert qa.retrieve(papers[0].title, k=2)[0].paper.key == papers[0].key
-    _wait_for_chunks_in_memory()
+    assert qa.retrieve(papers[2].title, k=2)[0].paper.key == papers[2].key
+    _wait_for_chunks_in_memory()  # read from the second question on
 
     server.stop()
     for mode in ("hybrid", "dense"):
