@@ -19,10 +19,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from bm25s.stopwords import STOPWORDS_EN
 
 from qa.config import PROJECT_ROOT, Settings, get_settings
 from qa.retrieval import Hit, get_retriever, stems
-from qa.wording import normalize_question, synonym_table
+from qa.wording import listed_words, normalize_question, synonym_table
 
 MODEL_PATH = PROJECT_ROOT / "qa" / "relevance.json"
 FEATURES = (
@@ -39,11 +40,13 @@ FEATURES = (
     "score",  # fused score of the first paper
     "rest_first",  # dense similarity of the words the first paper lacks to that paper
     "rest_other",  # ... and to the best other hit
+    "topic_other",  # a required rare word the first paper lacks that names another hit's topic
 )
 TOP = 3  # papers whose text is read for the word features
 RARE = 0.5  # a word is rare when its idf is at least this share of the largest idf
 UNCOMMON = 0.3  # ... and less common (counted by `missing`) from this share
 L2 = 10.0  # ridge penalty: ~330 rows, correlated features (chosen over 1 and 3 cross-validated)
+TOPIC_WORDS = 4  # the rarest words `topic_other` embeds (one batch with the rest phrase)
 MAX_FALSE_ABSTENTION = 0.01  # the operating point, on cross-validated answerable questions
 # The words questions are framed with: rare in abstracts, so as an idf-weighted word "what"
 # would weigh as much as a method name. Not part of a question's content here.
@@ -147,7 +150,7 @@ def features(
         **_named_methods(text, hits[:TOP], idf, top),
         "margin": scores[0] - scores[1] if len(scores) > 1 else (scores[0] if scores else 0.0),
         "score": scores[0] if scores else 0.0,
-        **_rest(text, framing, hits, settings),
+        **_meaning(text, framing, hits, weight, top, settings),
     }
     return np.array([row[name] for name in FEATURES], dtype=float)
 
@@ -168,31 +171,58 @@ def _rare_words(weight: dict[str, float], papers: list[set[str]], top: float) ->
     return {"rare_found": rare_found, "rare_missing": rare_missing, "missing": missing}
 
 
-def _rest(text: str, framing: set[str], hits: list[Hit], settings: Settings) -> dict[str, float]:
-    """rest_first / rest_other: the question's words the first paper lacks, embedded as one
-    phrase, against that paper's chunks and the other hits'. A paraphrase's leftover words
-    still mean that paper's topic ("secretly implanting" ~ backdoor); a qualifier the corpus
-    never joins to it does not ("unlearned" in a question on federated unlearning, whose first
-    paper is about federated learning), and tends to match another hit instead."""
+def _meaning(
+    text: str,
+    framing: set[str],
+    hits: list[Hit],
+    weight: dict[str, float],
+    top: float,
+    settings: Settings,
+) -> dict[str, float]:
+    """The question's words the first paper lacks, compared by meaning with the hits' chunks
+    (stored vectors; one embedding batch for the phrase and the words).
+
+    rest_first / rest_other: those words as one phrase, against the first paper and the best
+    other hit. A paraphrase's leftover words still mean that paper's topic ("secretly
+    implanting" ~ backdoor); a qualifier the corpus never joins to it does not ("unlearned" in
+    a question on federated unlearning, whose first paper is about federated learning).
+
+    topic_other: each rare, required word the first paper lacks, alone, against the other
+    hits: rarity × best cosine. Two topics the corpus covers apart ("sparse autoencoders" +
+    "protein") retrieve a paper for each; the word the first paper misses is what another hit
+    is about. A paraphrase's or a framing word ("done", "themselves") is no hit's topic, and a
+    word the question lists as one alternative ("hard negatives, in-batch negatives, ...") is
+    not required of one paper."""
     if not hits:
-        return {"rest_first": 0.0, "rest_other": 0.0}
+        return {"rest_first": 0.0, "rest_other": 0.0, "topic_other": 0.0}
     have = set(_words(_paper_text(hits[0])))
-    rest = [
-        token
-        for token in re.findall(r"[\w'-]+", text)
-        if (found := _words(token))
-        and not set(found) & framing
-        and not set(found) <= have
-        and not _UNSPACED.search(token)  # like the other features: unspaced scripts aside
-    ]
+    rest, topics = [], {}
+    listed, stop = listed_words(text), frozenset(STOPWORDS_EN)
+    for token in re.findall(r"[\w'-]+", text):
+        found = _words(token)
+        if not found or set(found) & framing or set(found) <= have or _UNSPACED.search(token):
+            continue  # like the other features: unspaced scripts aside
+        rest.append(token)
+        lacking = [weight.get(w, 0.0) / top for w in found if w not in have]
+        word = token.lower()
+        if word not in stop and word not in listed and max(lacking) >= UNCOMMON:
+            topics[word] = max(max(lacking), topics.get(word, 0.0))
     if not rest:
-        return {"rest_first": 1.0, "rest_other": 0.0}
+        return {"rest_first": 1.0, "rest_other": 0.0, "topic_other": 0.0}
+    words = sorted(topics, key=lambda w: -topics[w])[:TOPIC_WORDS]
     retriever = get_retriever(settings)
-    vector = retriever.index.embeddings.embed_query(" ".join(rest))
+    vectors = np.asarray(retriever.index.embeddings.embed_documents([" ".join(rest), *words]))
     chunks = {h.paper.key: _chunk_ids(retriever, h.paper.key) for h in hits}
-    cosine = retriever.cosines(vector, [c for ids in chunks.values() for c in ids])
-    best = [max((cosine.get(c, 0.0) for c in chunks[h.paper.key]), default=0.0) for h in hits]
-    return {"rest_first": best[0], "rest_other": max(best[1:], default=0.0)}
+    stored = retriever.vectors([c for ids in chunks.values() for c in ids])
+    # cosine of each embedded text (rows) with each hit's best chunk (columns)
+    best = np.zeros((len(vectors), len(hits)), dtype=np.float32)
+    for j, hit in enumerate(hits):
+        ids = [c for c in chunks[hit.paper.key] if c in stored]
+        if ids:
+            best[:, j] = (vectors @ np.stack([stored[c] for c in ids]).T).max(axis=1)
+    others = best[:, 1:].max(axis=1) if len(hits) > 1 else np.zeros(len(vectors))
+    topic = max((topics[w] * float(others[i + 1]) for i, w in enumerate(words)), default=0.0)
+    return {"rest_first": float(best[0, 0]), "rest_other": float(others[0]), "topic_other": topic}
 
 
 def _chunk_ids(retriever, key: str) -> list[str]:
