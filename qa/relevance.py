@@ -195,17 +195,20 @@ def _meaning(
     not required of one paper."""
     if not hits:
         return {"rest_first": 0.0, "rest_other": 0.0, "topic_other": 0.0}
-    have = set(_words(_paper_text(hits[0])))
+    sequence = _words(_paper_text(hits[0]))
+    have = set(sequence)
     rest, topics = [], {}
     listed, stop = listed_words(text), frozenset(STOPWORDS_EN)
     for token in re.findall(r"[\w'-]+", text):
         found = _words(token)
-        if not found or set(found) & framing or set(found) <= have or _UNSPACED.search(token):
+        if not found or set(found) & framing or _UNSPACED.search(token):
             continue  # like the other features: unspaced scripts aside
+        if set(found) <= have and _joined(found, sequence):
+            continue
         rest.append(token)
         lacking = [weight.get(w, 0.0) / top for w in found if w not in have]
         word = token.lower()
-        if word not in stop and word not in listed and max(lacking) >= UNCOMMON:
+        if lacking and word not in stop and word not in listed and max(lacking) >= UNCOMMON:
             topics[word] = max(max(lacking), topics.get(word, 0.0))
     if not rest:
         return {"rest_first": 1.0, "rest_other": 0.0, "topic_other": 0.0}
@@ -223,6 +226,17 @@ def _meaning(
     others = best[:, 1:].max(axis=1) if len(hits) > 1 else np.zeros(len(vectors))
     topic = max((topics[w] * float(others[i + 1]) for i, w in enumerate(words)), default=0.0)
     return {"rest_first": float(best[0, 0]), "rest_other": float(others[0]), "topic_other": topic}
+
+
+def _joined(parts: list[str], sequence: list[str]) -> bool:
+    """Does the paper use a hyphenated term as one ("self-training": "self" and "train" in
+    "self-supervised models ... trained" is another term), adjacent or written as one word?"""
+    if len(parts) < 2:
+        return True
+    n = len(parts)
+    return "".join(parts) in sequence or any(
+        sequence[i : i + n] == parts for i in range(len(sequence) - n + 1)
+    )
 
 
 def _chunk_ids(retriever, key: str) -> list[str]:
