@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +25,7 @@ from bm25s.stopwords import STOPWORDS_EN
 
 from qa.config import PROJECT_ROOT, Settings, get_settings
 from qa.retrieval import Hit, get_retriever, stems
+from qa.support import split_sentences
 from qa.wording import listed_words, normalize_question, synonym_table
 
 MODEL_PATH = PROJECT_ROOT / "qa" / "relevance.json"
@@ -41,12 +44,14 @@ FEATURES = (
     "rest_first",  # dense similarity of the words the first paper lacks to that paper
     "rest_other",  # ... and to the best other hit
     "topic_other",  # a required rare word the first paper lacks that names another hit's topic
+    "topic_gap",  # ... how much closer it reads to a sentence of another hit than of the first
 )
 TOP = 3  # papers whose text is read for the word features
 RARE = 0.5  # a word is rare when its idf is at least this share of the largest idf
 UNCOMMON = 0.3  # ... and less common (counted by `missing`) from this share
 L2 = 10.0  # ridge penalty: ~330 rows, correlated features (chosen over 1 and 3 cross-validated)
 TOPIC_WORDS = 4  # the rarest words `topic_other` embeds (one batch with the rest phrase)
+SENTENCE_CACHE = 4096  # papers whose sentence vectors are kept (~9 x 384 floats each)
 MAX_FALSE_ABSTENTION = 0.0  # the operating point: below every cross-validated answerable row
 # The words questions are framed with: rare in abstracts, so as an idf-weighted word "what"
 # would weigh as much as a method name. Not part of a question's content here.
@@ -192,9 +197,14 @@ def _meaning(
     "protein") retrieve a paper for each; the word the first paper misses is what another hit
     is about. A paraphrase's or a framing word ("done", "themselves") is no hit's topic, and a
     word the question lists as one alternative ("hard negatives, in-batch negatives, ...") is
-    not required of one paper."""
+    not required of one paper.
+
+    topic_gap: the same words against each hit's sentences (title and abstract sentences,
+    embedded once per paper and cached): rarity × (best sentence of another hit − best
+    sentence of the first paper). Sentence by sentence a paraphrase finds its sentence in the
+    first paper ("planted" ~ "inject a backdoor") where a whole abstract blurs it."""
     if not hits:
-        return {"rest_first": 0.0, "rest_other": 0.0, "topic_other": 0.0}
+        return {"rest_first": 0.0, "rest_other": 0.0, "topic_other": 0.0, "topic_gap": 0.0}
     sequence = _words(_paper_text(hits[0]))
     have = set(sequence)
     rest, topics = [], {}
@@ -211,7 +221,7 @@ def _meaning(
         if lacking and word not in stop and word not in listed and max(lacking) >= UNCOMMON:
             topics[word] = max(max(lacking), topics.get(word, 0.0))
     if not rest:
-        return {"rest_first": 1.0, "rest_other": 0.0, "topic_other": 0.0}
+        return {"rest_first": 1.0, "rest_other": 0.0, "topic_other": 0.0, "topic_gap": 0.0}
     words = sorted(topics, key=lambda w: -topics[w])[:TOPIC_WORDS]
     retriever = get_retriever(settings)
     vectors = np.asarray(retriever.index.embeddings.embed_documents([" ".join(rest), *words]))
@@ -225,7 +235,48 @@ def _meaning(
             best[:, j] = (vectors @ np.stack([stored[c] for c in ids]).T).max(axis=1)
     others = best[:, 1:].max(axis=1) if len(hits) > 1 else np.zeros(len(vectors))
     topic = max((topics[w] * float(others[i + 1]) for i, w in enumerate(words)), default=0.0)
-    return {"rest_first": float(best[0, 0]), "rest_other": float(others[0]), "topic_other": topic}
+    gap = 0.0
+    if words and len(hits) > 1:
+        near = [(vectors[1:] @ _sentence_vectors(retriever, h).T).max(axis=1) for h in hits]
+        apart = np.max(near[1:], axis=0) - near[0]
+        gap = max(topics[w] * float(apart[i]) for i, w in enumerate(words))
+    return {
+        "rest_first": float(best[0, 0]),
+        "rest_other": float(others[0]),
+        "topic_other": topic,
+        "topic_gap": gap,
+    }
+
+
+_sentences: OrderedDict[tuple[str, str, int], np.ndarray] = OrderedDict()
+_sentences_lock = threading.Lock()
+
+
+def _sentence_vectors(retriever, hit: Hit) -> np.ndarray:
+    """A paper's title and abstract sentences, embedded (LRU-cached per embedding model and
+    paper: the same papers come back for many questions)."""
+    embeddings = retriever.index.embeddings
+    paper = hit.paper
+    key = (
+        getattr(embeddings, "model_id", type(embeddings).__name__),
+        paper.key,
+        hash(paper.abstract),
+    )
+    with _sentences_lock:
+        if key in _sentences:
+            _sentences.move_to_end(key)
+            return _sentences[key]
+    texts = (
+        [paper.title, *split_sentences(paper.abstract)]
+        if paper.title
+        else split_sentences(paper.abstract)
+    )
+    vectors = np.asarray(embeddings.embed_documents(texts or [paper.key]), dtype=np.float32)
+    with _sentences_lock:
+        _sentences[key] = vectors
+        while len(_sentences) > SENTENCE_CACHE:
+            _sentences.popitem(last=False)
+    return vectors
 
 
 def _joined(parts: list[str], sequence: list[str]) -> bool:
