@@ -24,6 +24,7 @@ import numpy as np
 from bm25s.stopwords import STOPWORDS_EN
 
 from qa.config import PROJECT_ROOT, Settings, get_settings
+from qa.corpus import Paper
 from qa.retrieval import Hit, get_retriever, stems
 from qa.support import split_sentences
 from qa.wording import listed_words, normalize_question, synonym_table
@@ -237,7 +238,8 @@ def _meaning(
     topic = max((topics[w] * float(others[i + 1]) for i, w in enumerate(words)), default=0.0)
     gap = 0.0
     if words and len(hits) > 1:
-        near = [(vectors[1:] @ _sentence_vectors(retriever, h).T).max(axis=1) for h in hits]
+        sentences = _sentence_vectors(retriever.index.embeddings, [h.paper for h in hits])
+        near = [(vectors[1:] @ found.T).max(axis=1) for found in sentences]
         apart = np.max(near[1:], axis=0) - near[0]
         gap = max(topics[w] * float(apart[i]) for i, w in enumerate(words))
     return {
@@ -252,31 +254,33 @@ _sentences: OrderedDict[tuple[str, str, int], np.ndarray] = OrderedDict()
 _sentences_lock = threading.Lock()
 
 
-def _sentence_vectors(retriever, hit: Hit) -> np.ndarray:
-    """A paper's title and abstract sentences, embedded (LRU-cached per embedding model and
-    paper: the same papers come back for many questions)."""
-    embeddings = retriever.index.embeddings
-    paper = hit.paper
-    key = (
-        getattr(embeddings, "model_id", type(embeddings).__name__),
-        paper.key,
-        hash(paper.abstract),
-    )
+def _sentence_vectors(embeddings, papers: list[Paper]) -> list[np.ndarray]:
+    """Each paper's title and abstract sentences, embedded: the papers not yet cached in one
+    batch, then kept (LRU per embedding model and paper: the same papers come back for many
+    questions)."""
+    model = getattr(embeddings, "model_id", type(embeddings).__name__)
+    keys = [(model, p.key, hash(p.abstract)) for p in papers]
     with _sentences_lock:
-        if key in _sentences:
-            _sentences.move_to_end(key)
-            return _sentences[key]
-    texts = (
-        [paper.title, *split_sentences(paper.abstract)]
-        if paper.title
-        else split_sentences(paper.abstract)
-    )
-    vectors = np.asarray(embeddings.embed_documents(texts or [paper.key]), dtype=np.float32)
+        known = {k: _sentences[k] for k in keys if k in _sentences}
+        for k in known:
+            _sentences.move_to_end(k)
+    todo = {k: p for k, p in zip(keys, papers, strict=True) if k not in known}
+    texts = {
+        k: [t for t in (p.title, *split_sentences(p.abstract)) if t] or [p.key]
+        for k, p in todo.items()
+    }
+    flat = [t for k in texts for t in texts[k]]
+    vectors = np.asarray(embeddings.embed_documents(flat), dtype=np.float32) if flat else None
+    at = 0
+    for k, own in texts.items():
+        known[k] = vectors[at : at + len(own)]
+        at += len(own)
     with _sentences_lock:
-        _sentences[key] = vectors
+        for k in todo:
+            _sentences[k] = known[k]
         while len(_sentences) > SENTENCE_CACHE:
             _sentences.popitem(last=False)
-    return vectors
+    return [known[k] for k in keys]
 
 
 def _joined(parts: list[str], sequence: list[str]) -> bool:
