@@ -220,11 +220,15 @@ def test_listed_alternatives_are_not_required_words():
     assert not listed_words("How do mixture-of-experts models scale multilingual speech models?")
 
 
-def _topic_other(question: str) -> float:
+def _feature(question: str, name: str) -> float:
     settings = get_settings()
     hits = qa.retrieve(question, settings.k)
     row = relevance.features(question, hits, relevance.corpus_idf(settings), settings)
-    return float(row[list(relevance.FEATURES).index("topic_other")])
+    return float(row[list(relevance.FEATURES).index(name)])
+
+
+def _topic_other(question: str) -> float:
+    return _feature(question, "topic_other")
 
 
 def test_a_required_word_another_hit_is_about_counts_against_the_first_paper(seeds):
@@ -237,10 +241,47 @@ def test_a_required_word_another_hit_is_about_counts_against_the_first_paper(see
     assert _topic_other("How is transfer learning used to detect pathologies in EEG signals?") == 0
 
 
+def test_the_missing_word_reads_closer_to_another_papers_sentences(seeds):
+    """'protein' is a sentence of another hit, not of the sparse-autoencoder paper ranked
+    first; 'planted' finds its sentence in the speech-backdoor paper ranked first."""
+    off = _feature(
+        "How are sparse autoencoders used to interpret protein language models?", "topic_gap"
+    )
+    pair = _feature("How are backdoor attacks planted in speech recognition models?", "topic_gap")
+    assert off > pair
+
+
+def test_a_hyphenated_term_is_present_only_where_the_paper_uses_it(seeds):
+    """The speech-emotion paper says 'self-supervised' and 'trained', never 'self-training';
+    the 3D-medical paper's title says 'Large-Scale' and 'Pre-training' as the question does."""
+    assert _feature("How is self-training used for speech emotion recognition?", "rest_first") < 1
+    assert _feature("Large-scale pre-training for 3D medical images?", "rest_first") == 1
+
+
+def test_sentence_vectors_are_embedded_once_per_paper(seeds, monkeypatch):
+    settings = get_settings()
+    question = "How are sparse autoencoders used to interpret protein language models?"
+    hits = qa.retrieve(question, settings.k)
+    idf = relevance.corpus_idf(settings)
+    embeddings = relevance.get_retriever(settings).index.embeddings
+    embedded: list[int] = []
+    original = embeddings.embed_documents
+    monkeypatch.setattr(
+        embeddings, "embed_documents", lambda texts: embedded.append(len(texts)) or original(texts)
+    )
+    relevance._sentences.clear()
+    first = relevance.features(question, hits, idf, settings)
+    again = relevance.features(question, hits, idf, settings)
+    assert np.allclose(first, again)
+    # phrase + words; the hits' sentences (one batch); phrase + words again, sentences cached
+    assert len(embedded) == 3 and embedded[0] == embedded[2] < embedded[1]
+
+
 @pytest.mark.parametrize(
     ("question", "abstains"),
     [  # checked by co-occurrence search: no abstract on backdoors in federated learning
         ("Which defenses stop backdoor attacks in federated learning?", True),
+        ("How are sparse autoencoders used to interpret protein language models?", True),
         ("Which defenses stop backdoor attacks (e.g. in federated learning)?", False),
         ("How are backdoor attacks planted in speech recognition models?", False),
     ],
