@@ -202,8 +202,9 @@ def _meaning(
 
     topic_gap: the same words against each hit's sentences (title and abstract sentences,
     embedded once per paper and cached): rarity × (best sentence of another hit − best
-    sentence of the first paper). Sentence by sentence a paraphrase finds its sentence in the
-    first paper ("planted" ~ "inject a backdoor") where a whole abstract blurs it."""
+    sentence of the first paper). One sentence about proteins in another abstract stands out
+    where that whole abstract's vector blurs it; a paraphrase ("recognition" for the first
+    paper's "speech classification") reads nearly as close to the first paper."""
     if not hits:
         return {"rest_first": 0.0, "rest_other": 0.0, "topic_other": 0.0, "topic_gap": 0.0}
     sequence = _words(_paper_text(hits[0]))

@@ -243,7 +243,8 @@ def test_a_required_word_another_hit_is_about_counts_against_the_first_paper(see
 
 def test_the_missing_word_reads_closer_to_another_papers_sentences(seeds):
     """'protein' is a sentence of another hit, not of the sparse-autoencoder paper ranked
-    first; 'planted' finds its sentence in the speech-backdoor paper ranked first."""
+    first; 'recognition' is nearly as close to the speech-backdoor paper's 'speech
+    classification' as to the speech-recognition papers."""
     off = _feature(
         "How are sparse autoencoders used to interpret protein language models?", "topic_gap"
     )
