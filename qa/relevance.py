@@ -52,7 +52,7 @@ RARE = 0.5  # a word is rare when its idf is at least this share of the largest 
 UNCOMMON = 0.3  # ... and less common (counted by `missing`) from this share
 L2 = 10.0  # ridge penalty: ~330 rows, correlated features (chosen over 1 and 3 cross-validated)
 TOPIC_WORDS = 4  # the rarest words `topic_other` embeds (one batch with the rest phrase)
-SENTENCE_CACHE = 4096  # papers whose sentence vectors are kept (~9 x 384 floats each)
+SENTENCE_CACHE = 2048  # papers whose sentence vectors are kept (~10 x 384 float32: ~30 MB)
 MAX_FALSE_ABSTENTION = 0.0  # the operating point: below every cross-validated answerable row
 # The words questions are framed with: rare in abstracts, so as an idf-weighted word "what"
 # would weigh as much as a method name. Not part of a question's content here.
