@@ -14,15 +14,20 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from bm25s.stopwords import STOPWORDS_EN
 
 from qa.config import PROJECT_ROOT, Settings, get_settings
+from qa.corpus import Paper
 from qa.retrieval import Hit, get_retriever, stems
-from qa.wording import normalize_question, synonym_table
+from qa.support import split_sentences
+from qa.wording import listed_words, normalize_question, synonym_table
 
 MODEL_PATH = PROJECT_ROOT / "qa" / "relevance.json"
 FEATURES = (
@@ -39,12 +44,16 @@ FEATURES = (
     "score",  # fused score of the first paper
     "rest_first",  # dense similarity of the words the first paper lacks to that paper
     "rest_other",  # ... and to the best other hit
+    "topic_other",  # a required rare word the first paper lacks that names another hit's topic
+    "topic_gap",  # ... how much closer it reads to a sentence of another hit than of the first
 )
 TOP = 3  # papers whose text is read for the word features
 RARE = 0.5  # a word is rare when its idf is at least this share of the largest idf
 UNCOMMON = 0.3  # ... and less common (counted by `missing`) from this share
 L2 = 10.0  # ridge penalty: ~330 rows, correlated features (chosen over 1 and 3 cross-validated)
-MAX_FALSE_ABSTENTION = 0.01  # the operating point, on cross-validated answerable questions
+TOPIC_WORDS = 4  # the rarest words `topic_other` embeds (one batch with the rest phrase)
+SENTENCE_CACHE = 2048  # papers whose sentence vectors are kept (~10 x 384 float32: ~30 MB)
+MAX_FALSE_ABSTENTION = 0.0  # the operating point: below every cross-validated answerable row
 # The words questions are framed with: rare in abstracts, so as an idf-weighted word "what"
 # would weigh as much as a method name. Not part of a question's content here.
 QUESTION_WORDS = "what which how why who whom whose when where does did do can could would me"
@@ -147,7 +156,7 @@ def features(
         **_named_methods(text, hits[:TOP], idf, top),
         "margin": scores[0] - scores[1] if len(scores) > 1 else (scores[0] if scores else 0.0),
         "score": scores[0] if scores else 0.0,
-        **_rest(text, framing, hits, settings),
+        **_meaning(text, framing, hits, weight, top, settings),
     }
     return np.array([row[name] for name in FEATURES], dtype=float)
 
@@ -168,31 +177,122 @@ def _rare_words(weight: dict[str, float], papers: list[set[str]], top: float) ->
     return {"rare_found": rare_found, "rare_missing": rare_missing, "missing": missing}
 
 
-def _rest(text: str, framing: set[str], hits: list[Hit], settings: Settings) -> dict[str, float]:
-    """rest_first / rest_other: the question's words the first paper lacks, embedded as one
-    phrase, against that paper's chunks and the other hits'. A paraphrase's leftover words
-    still mean that paper's topic ("secretly implanting" ~ backdoor); a qualifier the corpus
-    never joins to it does not ("unlearned" in a question on federated unlearning, whose first
-    paper is about federated learning), and tends to match another hit instead."""
+def _meaning(
+    text: str,
+    framing: set[str],
+    hits: list[Hit],
+    weight: dict[str, float],
+    top: float,
+    settings: Settings,
+) -> dict[str, float]:
+    """The question's words the first paper lacks, compared by meaning with the hits' chunks
+    (stored vectors; one embedding batch for the phrase and the words).
+
+    rest_first / rest_other: those words as one phrase, against the first paper and the best
+    other hit. A paraphrase's leftover words still mean that paper's topic ("secretly
+    implanting" ~ backdoor); a qualifier the corpus never joins to it does not ("unlearned" in
+    a question on federated unlearning, whose first paper is about federated learning).
+
+    topic_other: each rare, required word the first paper lacks, alone, against the other
+    hits: rarity × best cosine. Two topics the corpus covers apart ("sparse autoencoders" +
+    "protein") retrieve a paper for each; the word the first paper misses is what another hit
+    is about. A paraphrase's or a framing word ("done", "themselves") is no hit's topic, and a
+    word the question lists as one alternative ("hard negatives, in-batch negatives, ...") is
+    not required of one paper.
+
+    topic_gap: the same words against each hit's sentences (title and abstract sentences,
+    embedded once per paper and cached): rarity × (best sentence of another hit − best
+    sentence of the first paper). One sentence about proteins in another abstract stands out
+    where that whole abstract's vector blurs it; a paraphrase ("recognition" for the first
+    paper's "speech classification") reads nearly as close to the first paper."""
     if not hits:
-        return {"rest_first": 0.0, "rest_other": 0.0}
-    have = set(_words(_paper_text(hits[0])))
-    rest = [
-        token
-        for token in re.findall(r"[\w'-]+", text)
-        if (found := _words(token))
-        and not set(found) & framing
-        and not set(found) <= have
-        and not _UNSPACED.search(token)  # like the other features: unspaced scripts aside
-    ]
+        return {"rest_first": 0.0, "rest_other": 0.0, "topic_other": 0.0, "topic_gap": 0.0}
+    sequence = _words(_paper_text(hits[0]))
+    have = set(sequence)
+    rest, topics = [], {}
+    listed, stop = listed_words(text), frozenset(STOPWORDS_EN)
+    for token in re.findall(r"[\w'-]+", text):
+        found = _words(token)
+        if not found or set(found) & framing or _UNSPACED.search(token):
+            continue  # like the other features: unspaced scripts aside
+        if set(found) <= have and _joined(found, sequence):
+            continue
+        rest.append(token)
+        lacking = [weight.get(w, 0.0) / top for w in found if w not in have]
+        word = token.lower()
+        if lacking and word not in stop and word not in listed and max(lacking) >= UNCOMMON:
+            topics[word] = max(max(lacking), topics.get(word, 0.0))
     if not rest:
-        return {"rest_first": 1.0, "rest_other": 0.0}
+        return {"rest_first": 1.0, "rest_other": 0.0, "topic_other": 0.0, "topic_gap": 0.0}
+    words = sorted(topics, key=lambda w: -topics[w])[:TOPIC_WORDS]
     retriever = get_retriever(settings)
-    vector = retriever.index.embeddings.embed_query(" ".join(rest))
+    vectors = np.asarray(retriever.index.embeddings.embed_documents([" ".join(rest), *words]))
     chunks = {h.paper.key: _chunk_ids(retriever, h.paper.key) for h in hits}
-    cosine = retriever.cosines(vector, [c for ids in chunks.values() for c in ids])
-    best = [max((cosine.get(c, 0.0) for c in chunks[h.paper.key]), default=0.0) for h in hits]
-    return {"rest_first": best[0], "rest_other": max(best[1:], default=0.0)}
+    stored = retriever.vectors([c for ids in chunks.values() for c in ids])
+    # cosine of each embedded text (rows) with each hit's best chunk (columns)
+    best = np.zeros((len(vectors), len(hits)), dtype=np.float32)
+    for j, hit in enumerate(hits):
+        ids = [c for c in chunks[hit.paper.key] if c in stored]
+        if ids:
+            best[:, j] = (vectors @ np.stack([stored[c] for c in ids]).T).max(axis=1)
+    others = best[:, 1:].max(axis=1) if len(hits) > 1 else np.zeros(len(vectors))
+    topic = max((topics[w] * float(others[i + 1]) for i, w in enumerate(words)), default=0.0)
+    gap = 0.0
+    if words and len(hits) > 1:
+        sentences = _sentence_vectors(retriever.index.embeddings, [h.paper for h in hits])
+        near = [(vectors[1:] @ found.T).max(axis=1) for found in sentences]
+        apart = np.max(near[1:], axis=0) - near[0]
+        gap = max(topics[w] * float(apart[i]) for i, w in enumerate(words))
+    return {
+        "rest_first": float(best[0, 0]),
+        "rest_other": float(others[0]),
+        "topic_other": topic,
+        "topic_gap": gap,
+    }
+
+
+_sentences: OrderedDict[tuple[str, str, int], np.ndarray] = OrderedDict()
+_sentences_lock = threading.Lock()
+
+
+def _sentence_vectors(embeddings, papers: list[Paper]) -> list[np.ndarray]:
+    """Each paper's title and abstract sentences, embedded: the papers not yet cached in one
+    batch, then kept (LRU per embedding model and paper: the same papers come back for many
+    questions)."""
+    model = getattr(embeddings, "model_id", type(embeddings).__name__)
+    keys = [(model, p.key, hash(p.abstract)) for p in papers]
+    with _sentences_lock:
+        known = {k: _sentences[k] for k in keys if k in _sentences}
+        for k in known:
+            _sentences.move_to_end(k)
+    todo = {k: p for k, p in zip(keys, papers, strict=True) if k not in known}
+    texts = {
+        k: [t for t in (p.title, *split_sentences(p.abstract)) if t] or [p.key]
+        for k, p in todo.items()
+    }
+    flat = [t for k in texts for t in texts[k]]
+    vectors = np.asarray(embeddings.embed_documents(flat), dtype=np.float32) if flat else None
+    at = 0
+    for k, own in texts.items():
+        known[k] = vectors[at : at + len(own)]
+        at += len(own)
+    with _sentences_lock:
+        for k in todo:
+            _sentences[k] = known[k]
+        while len(_sentences) > SENTENCE_CACHE:
+            _sentences.popitem(last=False)
+    return [known[k] for k in keys]
+
+
+def _joined(parts: list[str], sequence: list[str]) -> bool:
+    """Does the paper use a hyphenated term as one ("self-training": "self" and "train" in
+    "self-supervised models ... trained" is another term), adjacent or written as one word?"""
+    if len(parts) < 2:
+        return True
+    n = len(parts)
+    return "".join(parts) in sequence or any(
+        sequence[i : i + n] == parts for i in range(len(sequence) - n + 1)
+    )
 
 
 def _chunk_ids(retriever, key: str) -> list[str]:

@@ -109,6 +109,37 @@ def normalize_question(question: str) -> str:
     return text[0].upper() + text[1:]
 
 
+# Alternatives a question lists rather than requires: "(hard negatives, in-batch negatives)",
+# "e.g. one- or few-step sampling", "backdoor or data-poisoning attacks". A paper answering one
+# of them answers the question, so a listed word a paper lacks is not a concept it misses.
+_EXAMPLES = re.compile(
+    r"\(([^)]*)\)|\b(?:e\.g\.?|i\.e\.?|such as|for (?:example|instance)|including)\s*,?"
+    r"([^,;:()?!]*)",
+    re.IGNORECASE,
+)
+_LISTED_WORD = r"[\w'-]+"
+_OR = re.compile(rf"({_LISTED_WORD})\s*,?\s+(?:or|and/or)\s+({_LISTED_WORD})", re.IGNORECASE)
+_LIST_ITEM = re.compile(rf"(?:^|,)\s*((?:{_LISTED_WORD}\s+){{0,2}}{_LISTED_WORD})\s*(?=,)")
+
+
+def listed_words(question: str) -> set[str]:
+    """Lower-cased words the question offers as alternatives or examples (in parentheses,
+    after "e.g."/"such as", either side of "or", and the short items of a list ending in
+    "or ...")."""
+    words: set[str] = set()
+    for match in _EXAMPLES.finditer(question):
+        words.update(re.findall(_LISTED_WORD, (match.group(1) or match.group(2) or "").lower()))
+    for sentence in re.split(r"[?.!;]\s", question):
+        pairs = _OR.findall(sentence)
+        if not pairs:
+            continue
+        for before, after in pairs:
+            words.update((before.lower(), after.lower()))
+        for item in _LIST_ITEM.findall(sentence + ","):
+            words.update(re.findall(_LISTED_WORD, item.lower()))
+    return words
+
+
 def refers_back(question: str) -> bool:
     """Does a follow-up point at the papers under discussion ("they", "the method", "it")?"""
     return bool(_REFERS_BACK.search(question))

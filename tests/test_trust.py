@@ -20,7 +20,13 @@ from qa.corpus import Paper
 from qa.evaluate import GOLDEN
 from qa.retrieval import stems
 from qa.support import check_support, mark_weak, split_sentences
-from qa.wording import american_spelling, normalize_question, refers_back, split_scripts
+from qa.wording import (
+    american_spelling,
+    listed_words,
+    normalize_question,
+    refers_back,
+    split_scripts,
+)
 
 pytest_plugins = ["fake_openai", "chroma_server"]
 
@@ -200,6 +206,90 @@ def test_words_the_first_paper_lacks_are_compared_by_meaning(seeds):
     )
     assert first < other
     assert rest("What is ATSS?") == (1.0, 0.0)
+
+
+def test_listed_alternatives_are_not_required_words():
+    listed = listed_words(
+        "Which papers study how to choose negative examples (hard negatives, in-batch "
+        "negatives) when training dense retrievers, neural rankers or text embedding models?"
+    )
+    assert {"hard", "in-batch", "rankers", "text"} <= listed
+    assert not {"choose", "negative", "examples", "training"} & listed
+    assert {"solubility", "toxicity"} <= listed_words("Properties such as solubility or toxicity?")
+    assert {"backdoor", "data-poisoning"} <= listed_words("Backdoor or data-poisoning attacks?")
+    assert not listed_words("How do mixture-of-experts models scale multilingual speech models?")
+
+
+def _feature(question: str, name: str) -> float:
+    settings = get_settings()
+    hits = qa.retrieve(question, settings.k)
+    row = relevance.features(question, hits, relevance.corpus_idf(settings), settings)
+    return float(row[list(relevance.FEATURES).index(name)])
+
+
+def _topic_other(question: str) -> float:
+    return _feature(question, "topic_other")
+
+
+def test_a_required_word_another_hit_is_about_counts_against_the_first_paper(seeds):
+    """'federated' is what other hits are about, not the backdoor-defence paper ranked first;
+    offered as an example it is not required of that paper; a question its first paper
+    covers has no such word."""
+    required = _topic_other("Which defenses stop backdoor attacks in federated learning?")
+    example = _topic_other("Which defenses stop backdoor attacks (e.g. in federated learning)?")
+    assert required > example
+    assert _topic_other("How is transfer learning used to detect pathologies in EEG signals?") == 0
+
+
+def test_the_missing_word_reads_closer_to_another_papers_sentences(seeds):
+    """'protein' is a sentence of another hit, not of the sparse-autoencoder paper ranked
+    first; 'recognition' is nearly as close to the speech-backdoor paper's 'speech
+    classification' as to the speech-recognition papers."""
+    off = _feature(
+        "How are sparse autoencoders used to interpret protein language models?", "topic_gap"
+    )
+    pair = _feature("How are backdoor attacks planted in speech recognition models?", "topic_gap")
+    assert off > pair
+
+
+def test_a_hyphenated_term_is_present_only_where_the_paper_uses_it(seeds):
+    """The speech-emotion paper says 'self-supervised' and 'trained', never 'self-training';
+    the 3D-medical paper's title says 'Large-Scale' and 'Pre-training' as the question does."""
+    assert _feature("How is self-training used for speech emotion recognition?", "rest_first") < 1
+    assert _feature("Large-scale pre-training for 3D medical images?", "rest_first") == 1
+
+
+def test_sentence_vectors_are_embedded_once_per_paper(seeds, monkeypatch):
+    settings = get_settings()
+    question = "How are sparse autoencoders used to interpret protein language models?"
+    hits = qa.retrieve(question, settings.k)
+    idf = relevance.corpus_idf(settings)
+    embeddings = relevance.get_retriever(settings).index.embeddings
+    embedded: list[int] = []
+    original = embeddings.embed_documents
+    monkeypatch.setattr(
+        embeddings, "embed_documents", lambda texts: embedded.append(len(texts)) or original(texts)
+    )
+    relevance._sentences.clear()
+    first = relevance.features(question, hits, idf, settings)
+    again = relevance.features(question, hits, idf, settings)
+    assert np.allclose(first, again)
+    # phrase + words; the hits' sentences (one batch); phrase + words again, sentences cached
+    assert len(embedded) == 3 and embedded[0] == embedded[2] < embedded[1]
+
+
+@pytest.mark.parametrize(
+    ("question", "abstains"),
+    [  # checked by co-occurrence search: no abstract on backdoors in federated learning
+        ("Which defenses stop backdoor attacks in federated learning?", True),
+        ("How are sparse autoencoders used to interpret protein language models?", True),
+        ("Which defenses stop backdoor attacks (e.g. in federated learning)?", False),
+        ("How are backdoor attacks planted in speech recognition models?", False),
+    ],
+)
+def test_two_topics_are_answered_only_when_one_paper_joins_them(seeds, question, abstains):
+    answer = ask(question)
+    assert answer.abstained is abstains, answer.text
 
 
 # ---------------------------------------------------------------- papers named by ID
