@@ -514,11 +514,6 @@ class Retriever:
                 found[cid] = np.asarray(emb, dtype=np.float32)
         return found
 
-    def cosines(self, vector: list[float], chunk_ids: list[str]) -> dict[str, float]:
-        """Exact cosine of a query vector with stored chunks (vectors are unit-normalised)."""
-        q = np.asarray(vector, dtype=np.float32)
-        return {cid: float(v @ q) for cid, v in self.vectors(chunk_ids).items()}
-
     def retrieve(
         self, question: str, k: int, mode: Mode, settings: Settings, filters: Filters | None = None
     ) -> list[Hit]:
