@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -599,25 +599,13 @@ class Index:
         meta["embedding_spec"] = self.settings.embeddings
         self.call(self.collection.modify, metadata=meta)
 
-    def existing_hashes(self) -> dict[str, Stored]:
-        """key → (paper_hash, chunks present, chunks expected, sources) for what Chroma holds."""
-        seen: dict[str, Stored] = {}
+    def chunk_metadata(self, page: int = 5000) -> Iterator[list[dict]]:
+        """Every chunk's metadata, a page at a time: what a writer reconciles the record's
+        account of this collection from (never all in memory)."""
         total = self.count()
-        for offset in range(0, total, 5000):
-            got = self.call(self.collection.get, include=["metadatas"], limit=5000, offset=offset)
-            for meta in got["metadatas"]:
-                key = meta["key"]
-                sources = tuple(s for s in str(meta.get("sources", "")).split(",") if s)
-                old = seen.get(key)
-                if old is None:
-                    old = Stored(meta["paper_hash"], 0, int(meta["n_chunks"]), sources)
-                digest = old.digest if old.digest == meta["paper_hash"] else "mixed"
-                expected = max(old.expected, int(meta["n_chunks"]))
-                if old.sources != sources:
-                    digest = "mixed"  # an interrupted metadata update: redo the paper
-                    sources = tuple(dict.fromkeys([*old.sources, *sources]))
-                seen[key] = Stored(digest, old.present + 1, expected, sources)
-        return seen
+        for offset in range(0, total, page):
+            got = self.call(self.collection.get, include=["metadatas"], limit=page, offset=offset)
+            yield got["metadatas"]
 
     def all_papers(self) -> list[Paper]:
         """Every paper the collection holds (from first chunks): adopting a pre-record index."""
