@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS indexed (
     PRIMARY KEY (coll, key)
 ) WITHOUT ROWID;
 """
-INDEXES = "CREATE INDEX IF NOT EXISTS papers_by_rev ON papers (rev, key);"
+INDEXES = "CREATE INDEX IF NOT EXISTS papers_by_rev ON papers (rev);"  # (rev, rowid)
 BUNDLED, USER = "bundled", "user"
 
 
@@ -450,13 +450,14 @@ class CorpusStore:
             return conn.execute("SELECT count(*) FROM papers WHERE rev > ?", (rev,)).fetchone()[0]
 
     def changed_since(self, rev: int, page: int = 1000) -> Iterator[list[Paper]]:
-        """Papers added or changed after `rev`, a page at a time (never the whole record)."""
-        last: tuple[int, str | None] = (rev, None)  # (rev, NULL): every key of a later rev
+        """Papers added or changed after `rev`, a page at a time (never the whole record), in
+        the order they were changed and first recorded."""
+        last: tuple[int, int | None] = (rev, None)  # (rev, NULL): every row of a later rev
         while self.exists():
             with self._read() as conn:
                 rows = conn.execute(
-                    "SELECT rev, key, data FROM papers WHERE (rev, key) > (?, ?) "
-                    "ORDER BY rev, key LIMIT ?",
+                    "SELECT rev, rowid, data FROM papers WHERE (rev, rowid) > (?, ?) "
+                    "ORDER BY rev, rowid LIMIT ?",
                     (*last, page),
                 ).fetchall()
             if not rows:
