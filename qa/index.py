@@ -173,15 +173,16 @@ class CachedEmbeddings(Embeddings):
             return {}
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        keys = [_text_hash(self.model_id, t) for t in texts]
-        missing = [i for i, k in enumerate(keys) if k not in self._cache]
-        if missing:
-            fresh = self.inner.embed_documents([texts[i] for i in missing])
-            for i, vec in zip(missing, fresh, strict=True):
-                self._cache[keys[i]] = np.asarray(vec, dtype=np.float32)
+        """Computed vectors are not kept: an ingest of any size holds one batch's vectors."""
+        found = [self._cache.get(_text_hash(self.model_id, t)) for t in texts]
+        missing = [i for i, vec in enumerate(found) if vec is None]
+        fresh = self.inner.embed_documents([texts[i] for i in missing]) if missing else []
+        vectors = [vec.tolist() if vec is not None else vec for vec in found]
+        for i, vec in zip(missing, fresh, strict=True):
+            vectors[i] = vec
         self.computed += len(missing)
         self.hits += len(texts) - len(missing)
-        return [self._cache[k].tolist() for k in keys]
+        return vectors
 
     def embed_query(self, text: str) -> list[float]:
         return self.inner.embed_query(text)
