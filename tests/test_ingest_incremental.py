@@ -23,11 +23,13 @@ import pytest
 pytest.register_assert_rewrite("chroma_server")
 
 from chroma_server import reset_qa_caches  # noqa: E402
-from test_index import expected_ids, seed_papers, stored_ids  # noqa: E402
+from test_index import WORDS, expected_ids, numbered, seed_papers, stored_ids, unbroken  # noqa: E402
 
 import qa.ingest  # noqa: E402
 from qa.config import get_settings  # noqa: E402
-from qa.index import Index, build_index, open_index, remove_papers  # noqa: E402
+from qa.corpus import Paper  # noqa: E402
+from qa.embeddings import token_length  # noqa: E402
+from qa.index import Index, build_index, chunk_paper, open_index, remove_papers  # noqa: E402
 from qa.snapshot import ingest_stream  # noqa: E402
 from qa.store import CorpusStore, open_store  # noqa: E402
 
@@ -169,6 +171,34 @@ def test_a_new_chunk_size_rechunks_every_paper(monkeypatch):
     report = build_index([], progress=False)
     assert report.updated == 6
     assert stored_ids() == expected_ids(papers)  # expected_ids follows QA_CHUNK_TOKENS
+
+
+def test_batch_token_counts_give_the_same_chunks(monkeypatch):
+    """The ingest's memoised counts (whitespace pieces, one encode_batch per batch) are the
+    tokenizer's own, on real abstracts and on awkward text, so chunks (and the shipped vector
+    cache's keys) are exactly what `chunk_paper` makes with per-call counts."""
+    odd = [
+        Paper(key=f"odd{i}", arxiv_id=None, title=title, abstract=abstract)
+        for i, (title, abstract) in enumerate(
+            [
+                ("", numbered("graph{i} neural network message passing", 160)),
+                (" ".join(WORDS * 60), numbered("A mis-parsed title, paragraph {i}.", 60)),
+                ("Unbroken", unbroken(5000)),
+                ("图神经网络", numbered("图神经网络在分子性质预测中的应用{i}。", 150, sep="")),
+                ("Mixed", numbered("Résumé {i} of naïve\u00a0Bayes —\t10⁻³ error;\n (α=0.5).", 50)),
+            ]
+        )
+    ]
+    papers = seed_papers()[:120] + odd
+    for cap in (10**6, 50):  # pieces kept for later batches, or (memo full) only for this one
+        monkeypatch.setattr(qa.ingest, "PIECES_KEPT", cap)
+        monkeypatch.setattr(qa.ingest, "_PIECES", {})
+        length = qa.ingest._batch_length(papers)
+        assert bool(qa.ingest._PIECES) == (cap > 50)
+        for paper in papers:
+            assert length(paper.abstract) == token_length(paper.abstract), paper.key
+            for size in (256, 128):
+                assert chunk_paper(paper, size, length) == chunk_paper(paper, size), paper.key
 
 
 # ---------------------------------------------------------------- a kill mid-stream
