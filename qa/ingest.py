@@ -123,7 +123,8 @@ def _wipe_corrupt_store(settings: Settings) -> None:
             child.unlink()
 
 
-def _progress(total: int, enabled: bool):  # papers examined
+def _progress(total: int, enabled: bool):
+    """A bar over the papers a fill examines (those recorded since the last complete fill)."""
     from tqdm import tqdm
 
     return tqdm(total=total, unit="paper", desc="indexing", disable=not enabled or total < 20)
