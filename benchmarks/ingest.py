@@ -49,7 +49,7 @@ def child(phase: str) -> None:
         # what ensure_index did, re-read from the store
         index = qa.index.open_index(settings)
         out["chunks"] = index.count()
-        out["papers"] = len(index.existing_hashes())
+        out["papers"] = index.corpus.count()
     else:
         report = qa.index.build_index(settings=settings, progress=False)
         out.update(

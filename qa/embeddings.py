@@ -139,6 +139,13 @@ def token_length(text: str) -> int:
     return len(_counting_tokenizer().encode(text, add_special_tokens=False).ids)
 
 
+def token_lengths(texts: list[str]) -> list[int]:
+    """`token_length` of many texts in one `encode_batch` call (chunking a batch of papers:
+    one call per text costs more in call overhead than in tokenizing)."""
+    encoded = _counting_tokenizer().encode_batch(texts, add_special_tokens=False)
+    return [len(e.ids) for e in encoded]
+
+
 # ---------------------------------------------------------------- ONNX runtime
 
 

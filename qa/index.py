@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -173,15 +173,16 @@ class CachedEmbeddings(Embeddings):
             return {}
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        keys = [_text_hash(self.model_id, t) for t in texts]
-        missing = [i for i, k in enumerate(keys) if k not in self._cache]
-        if missing:
-            fresh = self.inner.embed_documents([texts[i] for i in missing])
-            for i, vec in zip(missing, fresh, strict=True):
-                self._cache[keys[i]] = np.asarray(vec, dtype=np.float32)
+        """Computed vectors are not kept: an ingest of any size holds one batch's vectors."""
+        found = [self._cache.get(_text_hash(self.model_id, t)) for t in texts]
+        missing = [i for i, vec in enumerate(found) if vec is None]
+        fresh = self.inner.embed_documents([texts[i] for i in missing]) if missing else []
+        vectors = [vec.tolist() if vec is not None else vec for vec in found]
+        for i, vec in zip(missing, fresh, strict=True):
+            vectors[i] = vec
         self.computed += len(missing)
         self.hits += len(texts) - len(missing)
-        return [self._cache[k].tolist() for k in keys]
+        return vectors
 
     def embed_query(self, text: str) -> list[float]:
         return self.inner.embed_query(text)
@@ -599,25 +600,13 @@ class Index:
         meta["embedding_spec"] = self.settings.embeddings
         self.call(self.collection.modify, metadata=meta)
 
-    def existing_hashes(self) -> dict[str, Stored]:
-        """key → (paper_hash, chunks present, chunks expected, sources) for what Chroma holds."""
-        seen: dict[str, Stored] = {}
+    def chunk_metadata(self, page: int = 5000) -> Iterator[list[dict]]:
+        """Every chunk's metadata, a page at a time: what a writer reconciles the record's
+        account of this collection from (never all in memory)."""
         total = self.count()
-        for offset in range(0, total, 5000):
-            got = self.call(self.collection.get, include=["metadatas"], limit=5000, offset=offset)
-            for meta in got["metadatas"]:
-                key = meta["key"]
-                sources = tuple(s for s in str(meta.get("sources", "")).split(",") if s)
-                old = seen.get(key)
-                if old is None:
-                    old = Stored(meta["paper_hash"], 0, int(meta["n_chunks"]), sources)
-                digest = old.digest if old.digest == meta["paper_hash"] else "mixed"
-                expected = max(old.expected, int(meta["n_chunks"]))
-                if old.sources != sources:
-                    digest = "mixed"  # an interrupted metadata update: redo the paper
-                    sources = tuple(dict.fromkeys([*old.sources, *sources]))
-                seen[key] = Stored(digest, old.present + 1, expected, sources)
-        return seen
+        for offset in range(0, total, page):
+            got = self.call(self.collection.get, include=["metadatas"], limit=page, offset=offset)
+            yield got["metadatas"]
 
     def all_papers(self) -> list[Paper]:
         """Every paper the collection holds (from first chunks): adopting a pre-record index."""

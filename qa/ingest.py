@@ -6,6 +6,12 @@ is missing or changed (content hashes: a re-run adds nothing, an interrupted run
 bumps the record's generation when its work is committed so readers follow. A rebuild (or a
 new embedding model) fills a new collection beside the active one and switches readers to it
 only when it is complete.
+
+A write costs what changed, not the size of the record: the record keeps, per collection, what
+each paper's chunks are (`indexed`) and up to which change every paper is in line
+(`SyncState`), so a fill examines only the papers recorded since, plus removals. Only when the
+cheap check fails (a new or recreated collection, a chunk count that is not the record's, an
+index from before the record) is the account rebuilt from Chroma, a page at a time.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +31,7 @@ from langchain_core.embeddings import Embeddings
 
 from qa.config import Settings, get_settings
 from qa.corpus import Paper
+from qa.embeddings import token_length, token_lengths
 from qa.index import (
     CachedEmbeddings,
     Chunk,
@@ -40,7 +48,16 @@ from qa.index import (
     paper_hash,
     target_of,
 )
-from qa.store import BUNDLED, USER, Active, AddReport, CorpusStore, open_store, writer_lock
+from qa.store import (
+    BUNDLED,
+    USER,
+    Active,
+    AddReport,
+    CorpusStore,
+    SyncState,
+    open_store,
+    writer_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +124,7 @@ def _wipe_corrupt_store(settings: Settings) -> None:
 
 
 def _progress(total: int, enabled: bool):
+    """A bar over the papers a fill examines (those recorded since the last complete fill)."""
     from tqdm import tqdm
 
     return tqdm(total=total, unit="paper", desc="indexing", disable=not enabled or total < 20)
@@ -144,7 +162,7 @@ def build_index(
         report = IngestReport(recorded=store.add(papers, origin))
         if prune:
             keep = {p.key for p in report.recorded.papers}
-            store.remove([p.key for p in store.papers() if p.key not in keep])
+            store.remove([key for key in store.held_keys() if key not in keep])
         if rebuild:
             _rebuild(settings, store, report, progress)
         else:
@@ -208,7 +226,7 @@ def _update(
     else:
         index.create()
     _drop_retired(index, store)
-    _fill(index, store.papers(), report, progress)
+    _fill(index, store, report, progress)
     _commit(index, store, report, keyword_index)
 
 
@@ -241,7 +259,7 @@ def _rebuild(settings: Settings, store: CorpusStore, report: IngestReport, progr
         new.call(new.client.delete_collection, name)
         new = Index(settings, name=name, create=True)
     _drop_retired(new, store)
-    _fill(new, store.papers(), report, progress)
+    _fill(new, store, report, progress)
     retired = [n for n in [*_retired(store, target), old] if n and n != name]
     count = new.count()
     _save_keyword_index(new, store.generation() + 1, count)
@@ -272,6 +290,7 @@ def _drop_retired(index: Index, store: CorpusStore) -> None:
             index.client.delete_collection(name)
         except Exception as exc:  # gone already is fine
             log.debug("delete_collection %s: %s", name, exc)
+        store.forget_collection(_coll(index.settings, name))
     store.set_meta({f"retired:{target}": None}, bump=False)
 
 
@@ -302,44 +321,92 @@ def _save_keyword_index(index: Index, generation: int, count: int) -> None:
         log.warning("could not save the keyword index: %s", exc)
 
 
-def _fill(index: Index, papers: list[Paper], report: IngestReport, progress: bool) -> None:
-    """Upsert what is missing or changed, relabel sources, remove what the record lacks."""
-    settings = index.settings
-    report.papers = len(papers)
+def _coll(settings: Settings, name: str) -> str:
+    """A collection's name in the record's per-collection account: where it lives and which."""
+    return f"{settings.chroma_url or 'embedded'}|{name}"
+
+
+def _fill(index: Index, store: CorpusStore, report: IngestReport, progress: bool) -> None:
+    """Upsert what is missing or changed, relabel sources, remove what the record lacks,
+    examining only the papers recorded since the collection was last in line."""
     with index.lock:
         index.create()
-        existing = index.existing_hashes()
-        todo = []
-        relabel: list[tuple[Paper, Stored]] = []
-        for paper in papers:
-            have = existing.get(paper.key)
-            digest = paper_hash(paper, settings.chunk_tokens)
-            if have and have.digest == digest and have.present == have.expected:
-                report.unchanged += 1
-                if not set(paper.sources) <= set(have.sources):
-                    relabel.append((paper, have))
-            else:
-                todo.append((paper, have))
-        if relabel:
-            _merge_sources(index, relabel)
+        coll = _coll(index.settings, index.name)
+        since, removals = _sync_point(index, store, coll)
+        head = store.counter("rev")
         embedder = CachedEmbeddings(index.embeddings, index.model_id)
         with (
-            _progress(len(todo), progress) as bar,
+            _progress(store.count_changed(since), progress) as bar,
             ThreadPoolExecutor(1, thread_name_prefix="qa-ingest-embed") as pool,
         ):
             # The next batch is chunked and embedded (in the worker) while this one is
             # written: the embedder never waits on Chroma. Two batches at most in memory.
+            todo = _changed(index, store, coll, since, bar.update)
             pending: Future | None = None
             for batch in _batches(todo, WRITE_BATCH):
                 following = pool.submit(_prepare, index, embedder, batch, report)
                 if pending:
-                    bar.update(_write_batch(index, pending.result(), report))
+                    bar.update(_write_batch(index, store, coll, pending.result(), report))
                 pending = following
             if pending:
-                bar.update(_write_batch(index, pending.result(), report))
-        _prune(index, existing, {p.key for p in papers}, report)
+                bar.update(_write_batch(index, store, coll, pending.result(), report))
+        if removals:
+            _prune(index, store, coll, report)
+        store.set_synced(coll, head, index.settings.chunk_tokens)
+        report.papers = store.count()
+        report.unchanged = report.papers - report.added - report.updated
         report.vectors_from_cache = embedder.hits
         report.vectors_computed = embedder.computed
+
+
+def _sync_point(index: Index, store: CorpusStore, coll: str) -> tuple[int, bool]:
+    """(the record's change counter after which papers must be examined, whether removals
+    must be looked for). Reconciles the record's account with Chroma when it cannot be
+    trusted: a new or recreated collection, a count that differs (a write killed between
+    Chroma and the record, someone else's write), or no account yet (an older record)."""
+    state = store.sync_state(coll)
+    ident = str(index.collection.id)
+    tokens = index.settings.chunk_tokens
+    if state is None or state.id != ident or state.chunks != index.count():
+        if state is not None:
+            log.info("the record's account of %s is out of date; reading it from Chroma", coll)
+        store.reset_indexed(coll, SyncState(ident, -1, 0, tokens))
+        for metadatas in index.chunk_metadata():
+            store.note_chunks(coll, metadatas)
+        return -1, True
+    if state.tokens != tokens:  # every paper's chunk boundaries moved
+        return -1, True
+    return state.rev, store.counter("removed_rev") > state.rev
+
+
+def _changed(
+    index: Index,
+    store: CorpusStore,
+    coll: str,
+    since: int,
+    skipped: Callable[[int], object],
+) -> Iterator[tuple[Paper, Stored | None]]:
+    """Papers recorded after `since` whose chunks are missing or differ, with what the
+    collection holds for them; papers that only gained a source file are relabelled here."""
+    tokens = index.settings.chunk_tokens
+    for page in store.changed_since(since):
+        held = store.indexed(coll, [p.key for p in page])
+        relabel: list[tuple[Paper, Stored]] = []
+        for paper in page:
+            row = held.get(paper.key)
+            have = Stored(row[0], row[1], row[2], _split(row[3])) if row else None
+            if have and have.digest == paper_hash(paper, tokens) and have.present == have.expected:
+                if not set(paper.sources) <= set(have.sources):
+                    relabel.append((paper, have))
+                skipped(1)
+            else:
+                yield paper, have
+        if relabel:
+            store.mark_indexed(coll, _merge_sources(index, relabel))
+
+
+def _split(sources: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(s for s in sources.split(",") if s))
 
 
 def _unique(papers: list[Paper]) -> list[Paper]:
@@ -347,13 +414,16 @@ def _unique(papers: list[Paper]) -> list[Paper]:
     return list({p.key: p for p in papers}.values())
 
 
-def _merge_sources(index: Index, relabel: list[tuple[Paper, Stored]]) -> None:
-    """Add the names of files that repeat stored papers to their chunks' `sources`."""
+def _merge_sources(index: Index, relabel: list[tuple[Paper, Stored]]) -> list[tuple]:
+    """Add the names of files that repeat stored papers to their chunks' `sources`; returns
+    the papers' new account for the record."""
     index.note_write()
     ids: list[str] = []
     metadatas: list[dict] = []
+    marks: list[tuple] = []
     for paper, have in relabel:
         merged = ",".join(dict.fromkeys([*have.sources, *paper.sources]))
+        marks.append((paper.key, have.digest, have.expected, merged))
         for i in range(have.expected):
             ids.append(f"{paper.key}#{i}")
             metadatas.append({"sources": merged})
@@ -363,9 +433,10 @@ def _merge_sources(index: Index, relabel: list[tuple[Paper, Stored]]) -> None:
             ids=ids[start : start + 1000],
             metadatas=metadatas[start : start + 1000],
         )
+    return marks
 
 
-def _batches(todo: list, max_chunks: int) -> Iterable[list]:
+def _batches(todo: Iterable, max_chunks: int) -> Iterator[list]:
     """Group papers so each upsert holds whole papers and about `max_chunks` chunks."""
     batch: list = []
     for item in todo:
@@ -379,40 +450,83 @@ def _batches(todo: list, max_chunks: int) -> Iterable[list]:
 
 @dataclass
 class Prepared:
-    """One batch's chunks, ready to embed, and the old chunks it makes stale."""
+    """One batch's chunks, ready to embed, the old chunks it makes stale, and the papers'
+    account for the record once written: (key, hash, chunks, sources)."""
 
     papers: int
     chunks: list[Chunk]
     stale: list[str]
     vectors: list[list[float]]
+    marks: list[tuple]
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]+")  # always a boundary between WordPiece tokens
+_PIECES: dict[str, int] = {}  # whitespace piece → tokens, shared by every batch
+PIECES_KEPT = 200_000  # ~25 MB; pieces beyond are measured per batch and not kept
+
+
+def _batch_length(papers: list[Paper]) -> Callable[[str], int]:
+    """`token_length` for chunking one batch, from memoised whitespace pieces.
+
+    Token counts add up over pieces split at whitespace, and pieces repeat across abstracts
+    ("the", "model,"), so each distinct piece is tokenized once (the batch's new ones in one
+    `encode_batch` call) and a text's length is a sum of look-ups. The splitter asks for each
+    sentence's length two or three times; one tokenizer call each was ~0.5 ms of CPU per
+    abstract, most of what our pipeline adds to Chroma's own work."""
+    texts = (t for p in papers for t in (p.title, p.abstract))
+    new = list({w for t in texts for w in _WHITESPACE.split(t) if w and w not in _PIECES})
+    batch = dict(zip(new, token_lengths(new), strict=True)) if new else {}
+    if len(_PIECES) + len(batch) <= PIECES_KEPT:
+        _PIECES.update(batch)
+
+    def length(text: str) -> int:
+        total = 0
+        for piece in _WHITESPACE.split(text):
+            if piece:
+                n = _PIECES.get(piece)
+                if n is None:
+                    n = batch.get(piece)
+                    if n is None:  # a piece of a piece (the splitter's last resort)
+                        n = batch[piece] = token_length(piece)
+                total += n
+        return total
+
+    return length
 
 
 def _prepare(index: Index, embedder: Embeddings, batch: list, report: IngestReport) -> Prepared:
     """Chunk and embed one batch (in the ingest worker, one batch at a time)."""
     chunks: list[Chunk] = []
     stale: list[str] = []
+    marks: list[tuple] = []
+    length = _batch_length([paper for paper, _ in batch])
     for paper, have in batch:
         if have and not set(have.sources) <= set(paper.sources):
             # a file's papers keep the names of the other files they also came from
             paper = dataclasses.replace(
                 paper, sources=list(dict.fromkeys([*have.sources, *paper.sources]))
             )
-        new = chunk_paper(paper, index.settings.chunk_tokens)
+        new = chunk_paper(paper, index.settings.chunk_tokens, length)
         chunks += new
+        first = new[0].metadata
+        marks.append((paper.key, first["paper_hash"], len(new), first["sources"]))
         if have:
             report.updated += 1
             stale += [f"{paper.key}#{i}" for i in range(len(new), max(have.present, have.expected))]
         else:
             report.added += 1
     vectors = embedder.embed_documents([c.text for c in chunks])
-    return Prepared(len(batch), chunks, stale, vectors)
+    return Prepared(len(batch), chunks, stale, vectors, marks)
 
 
-def _write_batch(index: Index, prepared: Prepared, report: IngestReport) -> int:
+def _write_batch(
+    index: Index, store: CorpusStore, coll: str, prepared: Prepared, report: IngestReport
+) -> int:
     """Write one embedded batch; returns its papers (for the progress bar)."""
     # Embedded first (the slow part), then written, then the tail a shorter version no longer
-    # has removed: a kill at any point leaves each paper whole or detectably mixed (its
-    # chunks' hashes or counts disagree), and the next run redoes exactly those papers.
+    # has removed, then noted in the record: a kill before the note leaves the papers
+    # unaccounted for (or the collection's count off the record's), and the next run redoes
+    # exactly those papers.
     chunks, vectors = prepared.chunks, prepared.vectors
     index.note_write()
     index.call(
@@ -424,17 +538,20 @@ def _write_batch(index: Index, prepared: Prepared, report: IngestReport) -> int:
     )
     if prepared.stale:
         index.call(index.collection.delete, ids=prepared.stale)
+    store.mark_indexed(coll, prepared.marks)
     report.chunks_written += len(chunks)
     return prepared.papers
 
 
-def _prune(index: Index, existing: dict, keep: set[str], report: IngestReport) -> None:
-    gone = [key for key in existing if key not in keep]
+def _prune(index: Index, store: CorpusStore, coll: str, report: IngestReport) -> None:
+    """Delete the chunks of papers the record no longer holds."""
+    gone = store.orphans(coll)
     if gone:
         index.note_write()
-    for key in gone:
-        n = max(existing[key][1], existing[key][2])
-        index.call(index.collection.delete, ids=[f"{key}#{i}" for i in range(n)])
+    ids = [f"{key}#{i}" for key, n in gone for i in range(n)]
+    for start in range(0, len(ids), 1000):
+        index.call(index.collection.delete, ids=ids[start : start + 1000])
+    store.unindex(coll, [key for key, _ in gone])
     report.removed = len(gone)
 
 

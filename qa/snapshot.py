@@ -3,8 +3,9 @@
 `qa ingest` of ordinary files reads, de-duplicates and indexes them in one go. A snapshot cannot
 be held in memory, so here papers are read one line at a time (`corpus.iter_corpus`), filtered
 as they are read (`--category/--since/--until`), and indexed in batches of `BATCH` papers:
-memory stays bounded by one batch whatever the file's size. Each batch is an idempotent upsert,
-so an interrupted run simply resumes (papers already indexed are skipped as unchanged).
+memory stays bounded by one batch whatever the file's size. Each batch is an idempotent upsert
+that examines only its own papers (the record says what earlier batches indexed), so a stream of
+N papers costs O(N), and an interrupted run simply resumes (papers already indexed are skipped).
 A progress bar over the bytes read shows the rate and the time left.
 """
 
@@ -44,9 +45,11 @@ def batched(papers: Iterable[Paper], size: int) -> Iterator[list[Paper]]:
 
 def merge_reports(total: IngestReport, part: IngestReport) -> None:
     """Add one batch's ingest report to a running total (the record's size is the latest;
-    the papers themselves are not kept, so a stream of any length stays small)."""
-    for name in ("added", "updated", "unchanged", "removed", "chunks_written"):
+    the papers themselves are not kept, so a stream of any length stays small). Unchanged:
+    the rest of the record, as in one `build_index` (each batch counts the record's rest)."""
+    for name in ("added", "updated", "removed", "chunks_written"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
+    total.unchanged = max(0, part.papers - total.added - total.updated)
     total.vectors_from_cache += part.vectors_from_cache
     total.vectors_computed += part.vectors_computed
     total.seconds += part.seconds

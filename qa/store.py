@@ -40,10 +40,22 @@ CREATE TABLE IF NOT EXISTS papers (
     origin TEXT NOT NULL,          -- 'bundled' (the shipped seeds) or 'user'
     data TEXT NOT NULL,            -- the Paper's fields as JSON
     added REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    rev INTEGER NOT NULL DEFAULT 0 -- the record's change counter when last added or changed
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- what each collection holds per paper, as the writer left it (see `SyncState`)
+CREATE TABLE IF NOT EXISTS indexed (
+    coll TEXT NOT NULL,
+    key TEXT NOT NULL,
+    hash TEXT NOT NULL,            -- paper_hash of its chunks ('mixed' if they disagree)
+    present INTEGER NOT NULL,      -- chunks held
+    expected INTEGER NOT NULL,     -- chunks the paper was split into
+    sources TEXT NOT NULL,         -- comma-joined seed files on its chunks
+    PRIMARY KEY (coll, key)
+) WITHOUT ROWID;
 """
+INDEXES = "CREATE INDEX IF NOT EXISTS papers_by_rev ON papers (rev);"  # (rev, rowid)
 BUNDLED, USER = "bundled", "user"
 
 
@@ -150,6 +162,21 @@ class AddReport:
 
 
 @dataclass
+class SyncState:
+    """How far a collection is in line with the record, so a write examines only what changed.
+
+    Every paper with `rev` ≤ `rev` was indexed as the `indexed` table says, in the collection
+    with Chroma id `id`, chunked for `tokens`; `chunks` is the sum of the table's `present`,
+    which must equal the collection's count (else the writer reconciles from Chroma).
+    `rev` -1: examine every paper."""
+
+    id: str
+    rev: int
+    chunks: int
+    tokens: int
+
+
+@dataclass
 class Active:
     """The collection readers use, and the embedding model that built it."""
 
@@ -207,6 +234,7 @@ class CorpusStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(SCHEMA)
+            _migrate(conn)
             conn.execute("BEGIN IMMEDIATE")
             yield conn
             conn.execute("COMMIT")
@@ -285,12 +313,13 @@ class CorpusStore:
         report = AddReport()
         now = time.time()
         with self._write() as conn:
+            rev = _counter(conn, "rev") + 1  # every paper changed now is examined by the next fill
             for paper in papers:
                 row = conn.execute(
                     "SELECT data, origin FROM papers WHERE key = ?", (paper.key,)
                 ).fetchone()
                 if row is None:
-                    self._put(conn, paper, origin, now, new=True)
+                    self._put(conn, paper, origin, now, rev, new=True)
                     report.added.append(paper.key)
                     report.papers.append(paper)
                     continue
@@ -300,20 +329,20 @@ class CorpusStore:
                     if paper_to_dict(merged) == paper_to_dict(held):
                         report.unchanged.append(paper.key)
                     else:
-                        self._put(conn, merged, held_origin, now, new=False)
+                        self._put(conn, merged, held_origin, now, rev, new=False)
                         report.updated.append(paper.key)
                     report.papers.append(merged)
                 elif set(held.sources) <= set(paper.sources) and (
                     held_origin == origin or origin == BUNDLED
                 ):
-                    self._put(conn, paper, origin, now, new=False)
+                    self._put(conn, paper, origin, now, rev, new=False)
                     report.replaced.append(paper.key)
                     report.papers.append(paper)
                 else:
                     twin = as_variant(paper)
                     exists = conn.execute("SELECT 1 FROM papers WHERE key = ?", (twin.key,))
                     if exists.fetchone() is None:
-                        self._put(conn, twin, origin, now, new=True)
+                        self._put(conn, twin, origin, now, rev, new=True)
                         report.added.append(twin.key)
                         report.kept_both.append(
                             f"{paper.arxiv_id}: {', '.join(paper.sources)} has another abstract "
@@ -323,20 +352,25 @@ class CorpusStore:
                     else:
                         report.unchanged.append(twin.key)
                     report.papers.append(twin)
+            if report.added or report.updated or report.replaced:
+                _set(conn, "rev", rev)
         return report
 
-    def _put(self, conn: sqlite3.Connection, paper: Paper, origin: str, now: float, new: bool):
+    def _put(
+        self, conn: sqlite3.Connection, paper: Paper, origin: str, now: float, rev: int, new: bool
+    ):
         data = json.dumps(paper_to_dict(paper), ensure_ascii=False, default=_json_value)
         if new:
             conn.execute(
-                "INSERT INTO papers (key, arxiv_id, origin, data, added, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (paper.key, paper.arxiv_id, origin, data, now, now),
+                "INSERT INTO papers (key, arxiv_id, origin, data, added, updated, rev) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (paper.key, paper.arxiv_id, origin, data, now, now, rev),
             )
         else:
             conn.execute(
-                "UPDATE papers SET arxiv_id = ?, origin = ?, data = ?, updated = ? WHERE key = ?",
-                (paper.arxiv_id, origin, data, now, paper.key),
+                "UPDATE papers SET arxiv_id = ?, origin = ?, data = ?, updated = ?, rev = ? "
+                "WHERE key = ?",
+                (paper.arxiv_id, origin, data, now, rev, paper.key),
             )
 
     def remove(self, keys: Iterable[str]) -> list[str]:
@@ -348,27 +382,176 @@ class CorpusStore:
             gone = [
                 k for k in keys if conn.execute("DELETE FROM papers WHERE key = ?", (k,)).rowcount
             ]
+            if gone:  # the next fill of each collection deletes their chunks
+                _set(conn, "removed_rev", _set(conn, "rev", _counter(conn, "rev") + 1))
         return gone
+
+    def held_keys(self) -> list[str]:
+        if not self.exists():
+            return []
+        with self._read() as conn:
+            return [k for (k,) in conn.execute("SELECT key FROM papers")]
 
     def find(self, ids: Iterable[str]) -> dict[str, list[str]]:
         """arXiv ID or key → the keys it names ([] when the record holds neither)."""
-        held = {p.key: p for p in self.papers()}
-        by_id: dict[str, list[str]] = {}
-        for p in held.values():
-            if p.arxiv_id:
-                by_id.setdefault(p.arxiv_id, []).append(p.key)
-        return {i: ([i] if i in held else by_id.get(i, [])) for i in ids}
+        ids = list(ids)
+        if not self.exists():
+            return {i: [] for i in ids}
+        found: dict[str, list[str]] = {}
+        with self._read() as conn:
+            for i in ids:
+                rows = conn.execute(
+                    "SELECT key FROM papers WHERE key = ? UNION ALL "
+                    "SELECT key FROM papers WHERE arxiv_id = ? AND key != ? ORDER BY 1",
+                    (i, i, i),
+                ).fetchall()
+                keys = [k for (k,) in rows]
+                found[i] = [i] if i in keys else keys
+        return found
+
+    # -- what each collection holds (so a write examines only what changed)
+
+    def counter(self, name: str) -> int:
+        """A counter in meta: 'generation', 'rev' (bumped by every add or remove that changed
+        the record) or 'removed_rev' (the last remove)."""
+        if not self.exists():
+            return 0
+        with self._read() as conn:
+            return _counter(conn, name)
+
+    def sync_state(self, coll: str) -> SyncState | None:
+        raw = self.get_meta(f"synced:{coll}")
+        return SyncState(**json.loads(raw)) if raw else None
+
+    def set_synced(self, coll: str, rev: int, tokens: int) -> None:
+        """Every paper up to `rev` is now in line with `coll`, chunked for `tokens` (after a
+        complete fill)."""
+        with self._write() as conn:
+            state = _state(conn, coll)
+            state.rev, state.tokens = rev, tokens
+            _put_state(conn, coll, state)
+
+    def reset_indexed(self, coll: str, state: SyncState) -> None:
+        """Forget what `coll` was thought to hold (a reconciliation refills it from Chroma)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM indexed WHERE coll = ?", (coll,))
+            _put_state(conn, coll, state)
+
+    def forget_collection(self, coll: str) -> None:
+        """A deleted collection: drop its rows and state."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM indexed WHERE coll = ?", (coll,))
+            conn.execute("DELETE FROM meta WHERE name = ?", (f"synced:{coll}",))
+
+    def count_changed(self, rev: int) -> int:
+        if not self.exists():
+            return 0
+        with self._read() as conn:
+            return conn.execute("SELECT count(*) FROM papers WHERE rev > ?", (rev,)).fetchone()[0]
+
+    def changed_since(self, rev: int, page: int = 1000) -> Iterator[list[Paper]]:
+        """Papers added or changed after `rev`, a page at a time (never the whole record), in
+        the order they were changed and first recorded."""
+        last: tuple[int, int | None] = (rev, None)  # (rev, NULL): every row of a later rev
+        while self.exists():
+            with self._read() as conn:
+                rows = conn.execute(
+                    "SELECT rev, rowid, data FROM papers WHERE (rev, rowid) > (?, ?) "
+                    "ORDER BY rev, rowid LIMIT ?",
+                    (*last, page),
+                ).fetchall()
+            if not rows:
+                return
+            last = (rows[-1][0], rows[-1][1])
+            yield [paper_from_dict(json.loads(data)) for _, _, data in rows]
+
+    def indexed(self, coll: str, keys: list[str]) -> dict[str, tuple[str, int, int, str]]:
+        """key → (hash, present, expected, sources) of what `coll` holds for those papers."""
+        if not keys or not self.exists():
+            return {}
+        found = {}
+        with self._read() as conn:
+            for start in range(0, len(keys), 500):
+                part = keys[start : start + 500]
+                marks = ",".join("?" * len(part))
+                query = (
+                    "SELECT key, hash, present, expected, sources FROM indexed "
+                    f"WHERE coll = ? AND key IN ({marks})"
+                )
+                for key, *row in conn.execute(query, [coll, *part]):
+                    found[key] = tuple(row)
+        return found
+
+    def mark_indexed(self, coll: str, rows: list[tuple[str, str, int, str]]) -> None:
+        """After their chunks were written: (key, hash, chunks, sources) of whole papers."""
+        if not rows:
+            return
+        with self._write() as conn:
+            state = _state(conn, coll)
+            for key, digest, n, sources in rows:
+                old = conn.execute(
+                    "SELECT present FROM indexed WHERE coll = ? AND key = ?", (coll, key)
+                ).fetchone()
+                state.chunks += n - (old[0] if old else 0)
+                conn.execute(
+                    "INSERT OR REPLACE INTO indexed VALUES (?, ?, ?, ?, ?, ?)",
+                    (coll, key, digest, n, n, sources),
+                )
+            _put_state(conn, coll, state)
+
+    def unindex(self, coll: str, keys: list[str]) -> None:
+        """After their chunks were deleted."""
+        with self._write() as conn:
+            state = _state(conn, coll)
+            for key in keys:
+                old = conn.execute(
+                    "DELETE FROM indexed WHERE coll = ? AND key = ? RETURNING present", (coll, key)
+                ).fetchone()
+                state.chunks -= old[0] if old else 0
+            _put_state(conn, coll, state)
+
+    def note_chunks(self, coll: str, metadatas: list[dict]) -> None:
+        """Reconciliation: add one page of the collection's chunk metadata to `coll`'s rows
+        (chunks of one paper may span pages; SQLite merges them, so memory stays one page)."""
+        with self._write() as conn:
+            state = _state(conn, coll)
+            for meta in metadatas:
+                conn.execute(
+                    "INSERT INTO indexed VALUES (?, ?, ?, 1, ?, ?) "
+                    "ON CONFLICT (coll, key) DO UPDATE SET present = present + 1, "
+                    "expected = max(expected, excluded.expected), "
+                    "hash = CASE WHEN hash = excluded.hash AND sources = excluded.sources "
+                    "THEN hash ELSE 'mixed' END, "
+                    "sources = CASE WHEN sources = excluded.sources THEN sources "
+                    "ELSE sources || ',' || excluded.sources END",
+                    (
+                        coll,
+                        meta["key"],
+                        meta["paper_hash"],
+                        int(meta["n_chunks"]),
+                        str(meta.get("sources", "")),
+                    ),
+                )
+            state.chunks += len(metadatas)
+            _put_state(conn, coll, state)
+
+    def orphans(self, coll: str) -> list[tuple[str, int]]:
+        """(key, chunk IDs to delete) of papers `coll` holds that the record no longer has."""
+        if not self.exists():
+            return []
+        with self._read() as conn:
+            return conn.execute(
+                "SELECT key, max(present, expected) FROM indexed i WHERE coll = ? AND NOT EXISTS "
+                "(SELECT 1 FROM papers p WHERE p.key = i.key)",
+                (coll,),
+            ).fetchall()
 
     # -- active collection and generation
 
     def generation(self) -> int:
         """Bumped when a writer commits a new index state (never while it is still writing):
         readers compare it to notice new papers or a switched collection."""
-        if not self.exists():
-            return 0
-        with self._read() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone()
-        return int(row[0]) if row else 0
+        return self.counter("generation")
 
     def get_meta(self, name: str) -> str | None:
         if not self.exists():
@@ -401,19 +584,50 @@ class CorpusStore:
         return self.set_meta(values)
 
 
-def _generation(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone()
+def _migrate(conn: sqlite3.Connection) -> None:
+    """A record written before the `rev` column: add it (0: examined at the first fill of
+    each collection, which reconciles anyway since it has no sync state yet)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(papers)")}
+    if "rev" not in columns:
+        conn.execute("ALTER TABLE papers ADD COLUMN rev INTEGER NOT NULL DEFAULT 0")
+    conn.execute(INDEXES)
+
+
+def _counter(conn: sqlite3.Connection, name: str) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
     return int(row[0]) if row else 0
 
 
-def _bump(conn: sqlite3.Connection) -> int:
-    value = _generation(conn) + 1
+def _set(conn: sqlite3.Connection, name: str, value: int) -> int:
     conn.execute(
-        "INSERT INTO meta (name, value) VALUES ('generation', ?) "
+        "INSERT INTO meta (name, value) VALUES (?, ?) "
         "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-        (str(value),),
+        (name, str(value)),
     )
     return value
+
+
+def _state(conn: sqlite3.Connection, coll: str) -> SyncState:
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", (f"synced:{coll}",)).fetchone()
+    if row is None:
+        raise RuntimeError(f"no sync state for {coll}: reset_indexed() first")  # a bug, not I/O
+    return SyncState(**json.loads(row[0]))
+
+
+def _put_state(conn: sqlite3.Connection, coll: str, state: SyncState) -> None:
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES (?, ?) "
+        "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+        (f"synced:{coll}", json.dumps(dataclasses.asdict(state))),
+    )
+
+
+def _generation(conn: sqlite3.Connection) -> int:
+    return _counter(conn, "generation")
+
+
+def _bump(conn: sqlite3.Connection) -> int:
+    return _set(conn, "generation", _generation(conn) + 1)
 
 
 def _same_text(a: str, b: str) -> bool:
