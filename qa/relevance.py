@@ -217,6 +217,8 @@ def _meaning(
             continue  # like the other features: unspaced scripts aside
         if set(found) <= have and _joined(found, sequence):
             continue
+        if max(weight.get(w, top) for w in found) < UNCOMMON * top:
+            continue  # a common word ("papers", "used", "work") names no topic to miss
         rest.append(token)
         lacking = [weight.get(w, 0.0) / top for w in found if w not in have]
         word = token.lower()
