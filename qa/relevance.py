@@ -28,7 +28,7 @@ from qa.config import PROJECT_ROOT, Settings, get_settings
 from qa.corpus import Paper
 from qa.retrieval import Hit, get_retriever, stems
 from qa.support import split_sentences
-from qa.wording import listed_words, normalize_question, synonym_table
+from qa.wording import base_form, listed_words, normalize_question, synonym_table
 
 MODEL_PATH = PROJECT_ROOT / "qa" / "relevance.json"
 FEATURES = (
@@ -149,7 +149,7 @@ def features(
     question: str, hits: list[Hit], idf: dict[str, float], settings: Settings
 ) -> np.ndarray:
     """The FEATURES of one question and its hits (see the tuple for what each measures)."""
-    text = normalize_question(question)
+    text = _known_forms(normalize_question(question), idf)
     framing = set(stems(QUESTION_WORDS))
     sequence = [w for w in _words(text) if w not in framing and not _UNSPACED.search(w)]
     words = set(sequence)
@@ -171,6 +171,19 @@ def features(
         "phrase": _phrase(sequence, [_paper_text(h) for h in hits], weight),
     }
     return np.array([row[name] for name in FEATURES], dtype=float)
+
+
+def _known_forms(text: str, idf: dict[str, float]) -> str:
+    """Irregular past forms the corpus never uses, in the base form it does ("How can LLMs be
+    jailbroken?" asks about jailbreaks)."""
+
+    def fold(match: re.Match) -> str:
+        word = match.group(0)
+        base = base_form(word)
+        known = lambda w: all(s in idf for s in stems(w))  # noqa: E731
+        return base if base and not known(word) and known(base) else word
+
+    return re.sub(r"[A-Za-z]+", fold, text)
 
 
 def _phrase(sequence: list[str], texts: list[str], weight: dict[str, float]) -> float:
