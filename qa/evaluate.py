@@ -1,7 +1,8 @@
 """`qa eval`: retrieval and answer quality on the golden set, printed as figures.
 
 Retrieval is scored per mode (keyword, dense, hybrid) on single-paper questions (recall@1/5/10,
-MRR) and multi-paper topics (recall@10 against the complete gold list); abstention is scored
+MRR), multi-paper topics (recall@10 against the complete gold list) and generic topic
+questions (is the first paper one that uses the phrase); abstention is scored
 on off-corpus and chit-chat questions; answers (with `--answers`) on citation of a gold paper,
 expected facts and dropped citations.
 """
@@ -66,13 +67,16 @@ def _rank(hits: list[Hit], gold: list[str]) -> int | None:
 def retrieval_metrics(
     cases: list[Case], mode: Mode, settings: Settings, k: int = 10
 ) -> dict[str, float]:
-    """recall@1/5/10 and MRR on single-paper cases; recall@10 on multi-paper topics."""
+    """recall@1/5/10 and MRR on single-paper cases; recall@10 on multi-paper topics; on generic
+    topic questions, the share whose first paper uses the topic's phrase (P@1)."""
     singles = [c for c in cases if c.type in SINGLE]
     multis = [c for c in cases if c.type == "multi"]
     ranks = [
         _rank(retrieve(_search_text(c, settings), k, mode=mode, settings=settings), c.gold)
         for c in singles
     ]
+    topics = [c for c in cases if c.type == "topic"]
+    first = [_rank(retrieve(c.question, 1, mode=mode, settings=settings), c.gold) for c in topics]
     multi = []
     for case in multis:
         keys = {h.paper.key for h in retrieve(case.question, k, mode=mode, settings=settings)}
@@ -86,6 +90,7 @@ def retrieval_metrics(
         "R@10": sum(r is not None for r in ranks) / n,
         "MRR": sum(1 / r for r in ranks if r) / n,
         "multi R@10": sum(multi) / max(len(multi), 1),
+        "topic P@1": sum(r == 1 for r in first) / max(len(first), 1),
     }
 
 

@@ -169,3 +169,33 @@ def synonym_table(stem: Callable[[list[str]], list[str]]) -> dict[str, str]:
         stems = stem(group.split())
         table.update({s: stems[0] for s in stems})
     return table
+
+
+# Irregular past forms → base form, for words a corpus never uses ("jailbroken" where
+# abstracts write "jailbreak"; a stemmer leaves them apart). Longer forms also end compounds.
+_IRREGULAR_FORMS = (
+    "broken:break broke:break spoken:speak spoke:speak written:write wrote:write "
+    "taken:take took:take given:give gave:give chosen:choose chose:choose driven:drive "
+    "drove:drive shown:show known:know knew:know grown:grow grew:grow drawn:draw "
+    "drew:draw thrown:throw threw:throw stolen:steal stole:steal frozen:freeze "
+    "froze:freeze hidden:hide hid:hide forgotten:forget forgot:forget fallen:fall "
+    "fell:fall beaten:beat bitten:bite ridden:ride risen:rise rose:rise woken:wake "
+    "sought:seek taught:teach thought:think brought:bring bought:buy caught:catch "
+    "fought:fight built:build sent:send spent:spend held:hold led:lead fed:feed met:meet "
+    "left:leave lost:lose made:make found:find told:tell sold:sell understood:understand "
+    "ran:run began:begin begun:begin went:go gone:go saw:see seen:see done:do came:come "
+    "became:become"
+)
+_IRREGULAR = dict(pair.split(":") for pair in _IRREGULAR_FORMS.split())
+
+
+def base_form(word: str) -> str | None:
+    """The base form of an irregular past form, alone or ending a compound of at least two
+    more letters ("jailbroken" → "jailbreak", "rewritten" → "rewrite"); None otherwise."""
+    low = word.lower()
+    if low in _IRREGULAR:
+        return _IRREGULAR[low]
+    for form, base in _IRREGULAR.items():
+        if len(form) >= 5 and len(low) >= len(form) + 2 and low.endswith(form):
+            return low[: -len(form)] + base
+    return None

@@ -7,6 +7,7 @@ End-to-end tests run on the bundled seeds (real Chroma, the offline stub, and a 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from qa.retrieval import stems
 from qa.support import check_support, mark_weak, split_sentences
 from qa.wording import (
     american_spelling,
+    base_form,
     listed_words,
     normalize_question,
     refers_back,
@@ -187,6 +189,62 @@ def test_off_corpus_question_sharing_vocabulary_abstains(seeds):
 )
 def test_off_corpus_question_joining_two_covered_topics_abstains(seeds, question):
     assert ask(question).abstained
+
+
+def _writes(phrase: str, paper: Paper) -> bool:
+    """Does the paper's title or abstract write the phrase (hyphen or space, plural s)?"""
+    body = r"[- ]?".join(re.escape(w) for w in re.split(r"[- ]", phrase.lower()))
+    pattern = rf"(?<![\w-]){body}s?(?!\w)"
+    return re.search(pattern, f"{paper.title} {paper.abstract}".lower()) is not None
+
+
+def _in_corpus(phrase: str) -> int:
+    return sum(_writes(phrase, p) for p in qa.load_corpus())
+
+
+@pytest.mark.parametrize(
+    "question", ["What is person re-identification?", "Papers on imitation learning?"]
+)
+def test_generic_question_on_a_corpus_phrase_is_answered(seeds, question):
+    """Issue 11's "refuses plain questions": a short topic question whose phrase several
+    abstracts use is answered from a paper that uses it."""
+    phrase = question.removeprefix("What is ").removeprefix("Papers on ").rstrip("?")
+    assert _in_corpus(phrase) >= 2
+    answer = ask(question)
+    assert not answer.abstained, answer.text
+    assert any(_writes(phrase, p) for p in answer.citations)
+
+
+@pytest.mark.parametrize(
+    "question", ["What is protein folding?", "How does weather forecasting work?"]
+)
+def test_generic_question_on_an_absent_field_abstains(seeds, question):
+    """The same templates on a field no abstract writes: refused, though each word alone
+    ("protein", "folding", "forecasting") occurs in the corpus."""
+    phrase = question.removeprefix("What is ").removeprefix("How does ").split(" work")[0]
+    assert _in_corpus(phrase.rstrip("?")) == 0
+    assert ask(question).abstained
+
+
+def test_phrase_counts_adjacent_pairs_within_a_clause():
+    """An abstract with "image" and "compression" only across a full stop does not write the
+    phrase; a one-word question has no pair to miss."""
+    weight = {"imag": 1.0, "compress": 1.0}
+    sequence = ["imag", "compress"]
+    assert relevance._phrase(sequence, ["We compress images. Compression of weights."], weight) == 0
+    assert relevance._phrase(sequence, ["Learned image compression at low rates."], weight) == 1
+    assert relevance._phrase(["imag"], ["no match"], {"imag": 1.0}) == 1.0
+
+
+def test_irregular_forms_the_corpus_lacks_are_folded():
+    assert base_form("jailbroken") == "jailbreak"
+    assert base_form("rewritten") == "rewrite"
+    assert base_form("known") == "know"
+    assert base_form("token") is None and base_form("trained") is None
+    idf = {s: 1.0 for s in stems("jailbreak attacks known")}
+    assert relevance._known_forms("How are LLMs jailbroken?", idf) == "How are LLMs jailbreak?"
+    # a form the corpus itself uses is kept
+    assert relevance._known_forms("What is known?", idf) == "What is known?"
 
 
 def test_words_the_first_paper_lacks_are_compared_by_meaning(seeds):
