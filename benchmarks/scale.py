@@ -326,6 +326,19 @@ def phase_ingest(args, settings, tag: str, pid: int | None) -> None:
     )
 
 
+def phase_keyword(args, settings, tag: str) -> None:
+    """Commit and build the keyword index of a store whose ingest was stopped part-way
+    (`--phase keyword --dir STORE`; then run `--phase reader` and `--phase grow` on it)."""
+    from qa.index import open_index
+
+    index = open_index(settings)
+    index.create()
+    line(f"{tag}: chunks in the store", str(index.count()))
+    index.bump_revision()
+    save_keyword_index(tag, index, "keyword index build+save (writer)")
+    line(f"{tag}: keyword build RSS", f"{self_rss_mb():.0f} MB, peak {peak_rss_mb():.0f} MB")
+
+
 def phase_reader(args, settings, tag: str) -> None:
     from qa.retrieval import get_retriever
 
@@ -417,7 +430,9 @@ def main() -> None:
     parser.add_argument("--grow", type=float, default=0.01, help="share of papers added after")
     parser.add_argument("--since", default="2023-06-01", help="date filter for a warm pass")
     parser.add_argument("--category", default="cs.CL", help="category filter for a warm pass")
-    parser.add_argument("--phase", choices=("ingest", "reader", "grow"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--phase", choices=("ingest", "keyword", "reader", "grow"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -433,6 +448,8 @@ def main() -> None:
         tag = f"{'server' if args.url else 'embedded'} {args.papers}"
         if args.phase == "ingest":
             phase_ingest(args, settings, tag, server_pid(args.url) if args.url else None)
+        elif args.phase == "keyword":
+            phase_keyword(args, settings, tag)
         elif args.phase == "reader":
             phase_reader(args, settings, tag)
         else:
