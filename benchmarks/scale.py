@@ -26,6 +26,7 @@ Between phases the driver prints disk use (du) and, with --server, the `chroma r
 
 Usage: python benchmarks/scale.py --papers 10000 [--server] [--rounds 2] [--batch 2000]
        [--grow 0.01] [--since 2023-06-01] [--category cs.CL] [--keep]
+An ingest stopped part-way (--keep): --phase keyword --dir STORE, then --phase reader / grow.
 """
 
 from __future__ import annotations
@@ -431,10 +432,12 @@ def main() -> None:
     parser.add_argument("--since", default="2023-06-01", help="date filter for a warm pass")
     parser.add_argument("--category", default="cs.CL", help="category filter for a warm pass")
     parser.add_argument(
-        "--phase", choices=("ingest", "keyword", "reader", "grow"), help=argparse.SUPPRESS
+        "--phase",
+        choices=("ingest", "keyword", "reader", "grow"),
+        help="run one phase on the store in --dir (the driver runs them all in order)",
     )
-    parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--dir", type=Path, help="the store of --phase (printed with --keep)")
+    parser.add_argument("--url", help="with --phase: the `chroma run` server's URL")
     args = parser.parse_args()
 
     default_settings()
