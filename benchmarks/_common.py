@@ -164,12 +164,15 @@ def server_pid(url: str) -> int | None:
 
 def server_rss_mb(url: str) -> float | None:
     pid = server_pid(url)
-    if pid is None:
-        return None
+    return None if pid is None else proc_rss_mb(pid)
+
+
+def proc_rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of process `pid` (Linux /proc): now (VmRSS) or its peak (VmHWM)."""
     for row in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if row.startswith("VmRSS:"):
+        if row.startswith(f"{field}:"):
             return int(row.split()[1]) / 1024
-    return None
+    return float("nan")
 
 
 def cpu_seconds(pid: int | None = None) -> float:

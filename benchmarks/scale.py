@@ -1,23 +1,32 @@
-"""Print ingest throughput, index size and `qa.retrieve` latency on a synthetic corpus of N papers.
+"""Print ingest throughput, disk, memory, keyword index and `qa.retrieve` latency on a synthetic
+corpus of N papers (up to millions of chunks).
 
 The corpus is the 517 bundled papers plus N - 517 synthetic ones (ids 99xx.xxxxx), each made
 deterministically (--seed) by recombining real seed sentences: most from one "base" paper, in
-order, the rest from random others; titles likewise (one title's head + another's tail).
+order, the rest from random others; titles likewise (one title's head + another's tail). The
+seeds carry no categories, so each synthetic paper gets one or two from a fixed skewed list
+(its own random stream: the texts stay those of earlier runs), for the category filter.
 
 Embedding N abstracts on 2 cores would take hours (benchmarks/ingest.py prints the
 embedding-bound rate), so the store is fed vectors directly: each synthetic chunk gets a real
 chunk vector of its base paper from the shipped cache (seeds/vectors/*.npz) plus Gaussian noise
-(--noise per dimension), re-normalised; real papers keep their real vectors. Chunks are written
-with collection.upsert(embeddings=...) in batches, with metadata shaped by qa.index.chunk_paper
+(--noise per dimension), re-normalised; real papers keep their real vectors. Papers are made,
+chunked and written in a stream (memory does not grow with N on our side) with
+collection.upsert(embeddings=...) in batches, with metadata shaped by qa.index.chunk_paper
 (split by an approximate chars/4.2 token length: the real tokenizer's cost is printed from a
 sample), so qa.retrieve works on the result unchanged.
 
-Printed: chunking rate, ingest throughput into Chroma (chunks/s), index size on disk, the
-keyword index's build time (and its parts), the first (cold) retrieve, and warm p50/p95 over
-the golden questions, for embedded mode or (--server) a real `chroma run` subprocess.
+Each phase is its own process, so each peak RSS is that phase's:
+  ingest  stream every chunk into Chroma, then build and save the keyword index as a writer
+          does before committing (KeywordIndex.build, what qa.ingest's _save_keyword_index calls)
+  reader  a fresh process: cold first `qa.retrieve` (model, HNSW and the saved keyword index
+          loaded), warm p50/p95 unfiltered, with a date filter and with a category filter
+  grow    add --grow (a share) more papers, then the keyword index update a writer does
+Between phases the driver prints disk use (du) and, with --server, the `chroma run` RSS.
 
 Usage: python benchmarks/scale.py --papers 10000 [--server] [--rounds 2] [--batch 2000]
-       [--grow 0.01] [--since 2023-06-01]
+       [--grow 0.01] [--since 2023-06-01] [--category cs.CL] [--keep]
+An ingest stopped part-way (--keep): --phase keyword --dir STORE, then --phase reader / grow.
 """
 
 from __future__ import annotations
@@ -25,7 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
+import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +52,10 @@ from _common import (
     line,
     mb,
     peak_rss_mb,
+    proc_rss_mb,
     questions,
     self_rss_mb,
     server_pid,
-    server_rss_mb,
     temp_dir,
 )
 from _stages import measure_retrieve
@@ -58,15 +70,20 @@ def approx_tokens(text: str) -> int:
 
 # ---------------------------------------------------------------- synthetic corpus
 
+# (category, share) for synthetic papers: a skewed mix like a cs/stat slice of arXiv
+CATEGORIES = (("cs.LG", 0.30), ("cs.CL", 0.25), ("cs.CV", 0.20), ("cs.AI", 0.15), ("stat.ML", 0.10))
 
-def synthetic_papers(real: list, n: int, seed: int) -> tuple[list, list[int]]:
-    """n - len(real) recombined papers (and the base paper index of each)."""
+
+def synthetic_stream(real: list, n: int, seed: int, prefix: str = "99") -> Iterator[tuple]:
+    """(paper, base paper index) for n - len(real) recombined papers, made one at a time."""
     from qa.corpus import Paper
 
     rng = np.random.default_rng(seed)
+    cat_rng = np.random.default_rng(seed + 99)
+    names = [c for c, _ in CATEGORIES]
+    shares = [s for _, s in CATEGORIES]
     sents = [SENTENCE.split(p.abstract.strip()) for p in real]
     titles = [p.title.split() for p in real]
-    out, bases = [], []
     for i in range(max(0, n - len(real))):
         b = int(rng.integers(len(real)))
         own = sents[b]
@@ -78,20 +95,26 @@ def synthetic_papers(real: list, n: int, seed: int) -> tuple[list, list[int]]:
         head = titles[b][: max(1, len(titles[b]) // 2)]
         tail_src = titles[int(rng.integers(len(real)))]
         tail = tail_src[len(tail_src) // 2 :]
-        arxiv_id = f"99{i // 100000:02d}.{i % 100000:05d}"
-        out.append(
-            Paper(
-                key=arxiv_id,
-                arxiv_id=arxiv_id,
-                title=" ".join(head + tail),
-                abstract=" ".join(body),
-                sources=["synthetic"],
-                published=real[b].published,  # so date filters select synthetic papers too
-                categories=list(real[b].categories),
-            )
+        cats = list(
+            dict.fromkeys(cat_rng.choice(names, size=int(cat_rng.integers(1, 3)), p=shares))
         )
-        bases.append(b)
-    return out, bases
+        arxiv_id = f"{prefix}{i // 100000:02d}.{i % 100000:05d}"
+        paper = Paper(
+            key=arxiv_id,
+            arxiv_id=arxiv_id,
+            title=" ".join(head + tail),
+            abstract=" ".join(body),
+            sources=["synthetic"],
+            published=real[b].published,  # so date filters select synthetic papers too
+            categories=list(real[b].categories) or [str(c) for c in cats],
+        )
+        yield paper, b
+
+
+def synthetic_papers(real: list, n: int, seed: int) -> tuple[list, list[int]]:
+    """n - len(real) recombined papers (and the base paper index of each), as lists."""
+    pairs = list(synthetic_stream(real, n, seed))
+    return [p for p, _ in pairs], [b for _, b in pairs]
 
 
 def real_vectors(real: list, model_id: str) -> list[np.ndarray]:
@@ -117,94 +140,114 @@ def perturbed(base: np.ndarray, rng: np.random.Generator, noise: float) -> np.nd
     return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
 
 
+def rows_for(base: np.ndarray, n: int) -> np.ndarray:
+    """n vectors from a paper's chunk vectors (the last one repeated when it has fewer)."""
+    return base if len(base) == n else base[np.minimum(np.arange(n), len(base) - 1)]
+
+
 # ---------------------------------------------------------------- measuring
 
 
-def chunk_all(real: list, synth: list) -> tuple[list, float]:
-    from qa.index import chunk_paper
-
-    t = time.perf_counter()
-    chunked = [chunk_paper(p, 256, length=approx_tokens) for p in real + synth]
-    return chunked, time.perf_counter() - t
-
-
-def tokenizer_chunk_rate(papers: list, sample: int = 300) -> float:
+def tokenizer_chunk_rate(papers: list) -> float:
     """Papers/s of chunk_paper with the real WordPiece length function (what qa ingest does)."""
     from qa.embeddings import token_length
     from qa.index import chunk_paper
 
     token_length("warm up")
-    part = papers[:sample]
     t = time.perf_counter()
-    for p in part:
+    for p in papers:
         chunk_paper(p, 256)
-    return len(part) / (time.perf_counter() - t)
+    return len(papers) / (time.perf_counter() - t)
 
 
-def write(index, chunked, vectors_for, batch: int, pid: int | None) -> tuple[int, float, float]:
-    """Upsert every chunk with its vector; returns (chunks, seconds, CPU seconds).
+def write(index, papers: Iterable[tuple], batch: int, tag: str, pid: int | None = None) -> dict:
+    """Chunk each (paper, vectors for its chunks) and upsert in batches of `batch` chunks.
 
-    CPU counts this process (embedded Chroma included) plus the server process `pid`, if any:
-    on a loaded machine it is the figure that says what an idle one would do.
+    Returns chunks, papers, wall seconds, chunking seconds and CPU seconds. CPU counts this
+    process (embedded Chroma included) plus the server process `pid`, if any: on a loaded
+    machine it is the figure that says what an idle one would do.
     """
+    from qa.index import chunk_paper
+
     coll = index.collection
     ids, docs, metas, embs = [], [], [], []
-    written, start = 0, time.perf_counter()
+    out = {"chunks": 0, "papers": 0, "chunk_s": 0.0}
+    start = time.perf_counter()
     cpu0 = cpu_seconds() + (cpu_seconds(pid) if pid else 0.0)
 
     def flush() -> None:
-        nonlocal written
         if ids:
-            vectors = np.vstack(embs)
-            index.call(coll.upsert, ids=ids, documents=docs, metadatas=metas, embeddings=vectors)
-            written += len(ids)
+            index.call(
+                coll.upsert, ids=ids, documents=docs, metadatas=metas, embeddings=np.vstack(embs)
+            )
+            out["chunks"] += len(ids)
             for buf in (ids, docs, metas, embs):
                 buf.clear()
 
-    report_every = max(batch, 20000)
-    next_report = report_every
-    for p_idx, chunks in enumerate(chunked):
-        vecs = vectors_for(p_idx, len(chunks))
-        for c, v in zip(chunks, vecs, strict=True):
+    next_report = report_every = max(batch, 50000)
+    for paper, vectors_of in papers:
+        t = time.perf_counter()
+        chunks = chunk_paper(paper, 256, length=approx_tokens)
+        out["chunk_s"] += time.perf_counter() - t
+        out["papers"] += 1
+        for c, v in zip(chunks, vectors_of(len(chunks)), strict=True):
             ids.append(c.id)
             docs.append(c.text)
             metas.append(c.metadata)
             embs.append(v)
         if len(ids) >= batch:
             flush()
-            if written >= next_report:
+            if out["chunks"] >= next_report:
                 el = time.perf_counter() - start
-                line(f"  ... {written} chunks", f"{el:.0f} s, {written / el:.0f} chunks/s")
+                rate = f"{el:.0f} s, {out['chunks'] / el:.0f} chunks/s, RSS {self_rss_mb():.0f} MB"
+                line(f"{tag}:  ... {out['chunks']} chunks", rate)
                 next_report += report_every
     flush()
-    index.bump_revision()
-    cpu = cpu_seconds() + (cpu_seconds(pid) if pid else 0.0) - cpu0
-    return written, time.perf_counter() - start, cpu
-
-
-def keyword_build_parts(index) -> dict[str, float]:
-    """The keyword index build, step by step as KeywordIndex.rebuild does it."""
-    import bm25s
-
-    from qa.retrieval import stems
-
-    out = {}
-    t = time.perf_counter()
-    count = index.count()
-    texts = []
-    for offset in range(0, count, 5000):
-        got = index.call(index.collection.get, include=["documents"], limit=5000, offset=offset)
-        texts += got["documents"]
-    out["read from Chroma"] = time.perf_counter() - t
-    t = time.perf_counter()
-    vocab: dict[str, int] = {}
-    tokens = [[vocab.setdefault(w, len(vocab)) for w in stems(x)] for x in texts]
-    out["tokenize+stem"] = time.perf_counter() - t
-    t = time.perf_counter()
-    bm25s.BM25().index(bm25s.tokenization.Tokenized(ids=tokens, vocab=vocab), show_progress=False)
-    out["bm25s.index"] = time.perf_counter() - t
-    out["vocab"] = len(vocab)
+    index.bump_revision()  # commit: what readers' keyword index follows
+    out["cpu_s"] = cpu_seconds() + (cpu_seconds(pid) if pid else 0.0) - cpu0
+    out["wall_s"] = time.perf_counter() - start
     return out
+
+
+def save_keyword_index(tag: str, index, what: str) -> None:
+    """Build and save the keyword index for the committed state, as a writer does
+    (qa.ingest._save_keyword_index → KeywordIndex.build), timed, with its parts."""
+    import qa.retrieval
+    from qa.retrieval import KeywordIndex
+
+    parts: dict[str, float] = {"read back": 0.0, "stem": 0.0}
+    stems = qa.retrieval.stems
+
+    def timed(name, fn):
+        def inner(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                parts[name] += time.perf_counter() - t
+
+        return inner
+
+    index.call = timed("read back", index.call)  # build's only Chroma calls: the reads
+    qa.retrieval.stems = timed("stem", stems)
+    revision, count = index.snapshot()
+    try:
+        t = time.perf_counter()
+        kw = KeywordIndex()
+        kw.build(index, revision, count)
+        total = time.perf_counter() - t
+    finally:
+        del index.call
+        qa.retrieval.stems = stems
+    rest = total - parts["read back"] - parts["stem"]
+    line(
+        f"{tag}: {what}",
+        f"{total:.1f} s (read back {parts['read back']:.1f}, stem {parts['stem']:.1f}, "
+        f"bm25s+idf+save {rest:.1f}); {count} chunks, vocab {len(kw.vocab)}",
+    )
+    t = time.perf_counter()
+    KeywordIndex().load_saved(index, revision, count)
+    line(f"{tag}: keyword index load (what a reader does)", f"{time.perf_counter() - t:.1f} s")
 
 
 def golden_recall(settings, k: int = 5) -> str:
@@ -220,118 +263,160 @@ def golden_recall(settings, k: int = 5) -> str:
     return f"{found}/{len(rows)} single-paper questions have their paper in the top {k}"
 
 
-def filtered_latency(tag: str, settings, since: str) -> None:
-    """Warm `qa.retrieve` with a date filter (the arXiv-corpora issue's filters)."""
-    import qa.retrieval
+def filtered_latency(tag: str, settings, label: str, rounds: int, **filters) -> None:
+    """`qa.retrieve` with a filter (the arXiv-corpora issue's): first use, then warm."""
     from qa.retrieval import retrieve
 
     qs = questions()
-    retrieve(qs[0], settings=settings, since=since)  # the filter's mask, built once
-    default = qa.retrieval.DENSE_OVERFETCH
-    for overfetch, how in ((default, "no where"), (0, "Chroma where")):
-        qa.retrieval.DENSE_OVERFETCH = overfetch
-        times = []
+    t = time.perf_counter()
+    hits = retrieve(qs[0], settings=settings, **filters)  # the filter's mask, built once
+    line(
+        f"{tag}: retrieve, {label}, first use", f"{time.perf_counter() - t:.2f} s, {len(hits)} hits"
+    )
+    times, short = [], 0
+    for _ in range(rounds):
         for q in qs:
             t = time.perf_counter()
-            retrieve(q, settings=settings, since=since)
+            hits = retrieve(q, settings=settings, **filters)
             times.append(time.perf_counter() - t)
-        line(f"{tag}: retrieve warm, since {since}, {how}", latency_summary(times))
-    qa.retrieval.DENSE_OVERFETCH = default
+            short += len(hits) < settings.k
+    line(f"{tag}: retrieve warm, {label}", latency_summary(times) + f", {short} calls < k hits")
 
 
-def grow(tag: str, args, index, real: list, vectors_for, offset: int) -> None:
-    """Add `--grow` (a share) more papers, then time the keyword index update a writer does
-    before committing them (KeywordIndex.build: a full rebuild, read back from Chroma)."""
-    from qa.retrieval import KeywordIndex
-
-    extra, bases = synthetic_papers(real, len(real) + int(args.papers * args.grow), args.seed + 7)
-    for p in extra:  # ids after the main run's
-        p.key = p.arxiv_id = "98" + p.key[2:]
-    chunked, _ = chunk_all([], extra)
-    rng = np.random.default_rng(args.seed + 8)
-    vecs = lambda i, n: perturbed(vectors_for(bases[i], n), rng, args.noise)  # noqa: E731
-    written, write_s, _ = write(index, chunked, vecs, args.batch, None)
-    added = f"{len(extra)} papers, {written} chunks, {write_s:.1f} s"
-    line(f"{tag}: +{args.grow:.0%} papers", added)
-    revision, count = index.revision(), index.count()
-    t = time.perf_counter()
-    KeywordIndex().build(index, revision, count)
-    line(f"{tag}: keyword index update (build+save)", f"{time.perf_counter() - t:.1f} s")
-    t = time.perf_counter()
-    KeywordIndex().load_saved(index, revision, count)
-    line(f"{tag}: keyword index load (a reader)", f"{time.perf_counter() - t:.1f} s")
+# ---------------------------------------------------------------- phases (one process each)
 
 
-def run(args, settings, where: Path, server_url: str | None = None) -> None:
+def phase_ingest(args, settings, tag: str, pid: int | None) -> None:
     from qa.corpus import load_corpus
     from qa.index import open_index
 
-    mode = "server" if server_url else "embedded"
-    tag = f"{mode} {args.papers}"
     real = load_corpus()
-    t = time.perf_counter()
-    synth, bases = synthetic_papers(real, args.papers, args.seed)
-    line(f"{tag}: synthetic corpus", f"{len(synth)} papers in {time.perf_counter() - t:.1f} s")
-    chunked, chunk_s = chunk_all(real, synth)
-    n_chunks = sum(map(len, chunked))
+    sample = [p for p, _ in synthetic_stream(real, len(real) + 300, args.seed)] or real
     line(
-        f"{tag}: chunking (approx. length)",
-        f"{n_chunks} chunks, {len(chunked) / chunk_s:.0f} papers/s ({chunk_s:.1f} s)",
+        f"{tag}: chunking (real tokenizer, sample)", f"{tokenizer_chunk_rate(sample):.0f} papers/s"
     )
-    line(
-        f"{tag}: chunking (real tokenizer, sample)",
-        f"{tokenizer_chunk_rate(synth or real):.0f} papers/s",
-    )
-
     index = open_index(settings)
     index.create()  # written directly, like an index from before the corpus record
     vecs = real_vectors(real, index.model_id)
     rng = np.random.default_rng(args.seed + 1)
 
-    def vectors_for(p_idx: int, n: int) -> np.ndarray:
-        if p_idx < len(real):
-            rows = vecs[p_idx]
-            return rows if len(rows) == n else rows[np.minimum(np.arange(n), len(rows) - 1)]
-        base = vecs[bases[p_idx - len(real)]]
-        picked = base[np.minimum(np.arange(n), len(base) - 1)]
-        return perturbed(picked, rng, args.noise)
+    def papers() -> Iterator[tuple]:
+        for p, v in zip(real, vecs, strict=True):
+            yield p, lambda n, v=v: rows_for(v, n)
+        for p, b in synthetic_stream(real, args.papers, args.seed):
+            yield p, lambda n, b=b: perturbed(rows_for(vecs[b], n), rng, args.noise)
 
-    pid = server_pid(server_url) if server_url else None
-    written, write_s, cpu_s = write(index, chunked, vectors_for, args.batch, pid)
+    w = write(index, papers(), args.batch, tag, pid)
     line(
         f"{tag}: ingest into Chroma (vectors given)",
-        f"{written} chunks in {write_s:.1f} s = {written / write_s:.0f} chunks/s, "
-        f"{len(chunked) / write_s:.0f} papers/s",
+        f"{w['chunks']} chunks, {w['papers']} papers in {w['wall_s']:.0f} s = "
+        f"{w['chunks'] / w['wall_s']:.0f} chunks/s (chunking {w['chunk_s']:.0f} s of it)",
     )
     line(
         f"{tag}: ingest CPU (client+server)",
-        f"{cpu_s:.1f} s = {written / cpu_s:.0f} chunks per CPU-second",
+        f"{w['cpu_s']:.0f} s = {w['chunks'] / w['cpu_s']:.0f} chunks per CPU-second",
     )
-    time.sleep(1)
-    line(f"{tag}: index size on disk", f"{mb(du_bytes(where))} ({where.name})")
-
-    parts = keyword_build_parts(index)
-    vocab = parts.pop("vocab")
     line(
-        f"{tag}: keyword index build (parts)",
-        ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) + f"; vocab {vocab}",
+        f"{tag}: ingest RSS (before keyword index)",
+        f"{self_rss_mb():.0f} MB, peak {peak_rss_mb():.0f} MB",
     )
+    save_keyword_index(tag, index, "keyword index build+save (writer)")
+    line(
+        f"{tag}: ingest RSS (after keyword index)",
+        f"{self_rss_mb():.0f} MB, peak {peak_rss_mb():.0f} MB",
+    )
+
+
+def phase_keyword(args, settings, tag: str) -> None:
+    """Commit and build the keyword index of a store whose ingest was stopped part-way
+    (`--phase keyword --dir STORE`; then run `--phase reader` and `--phase grow` on it)."""
+    from qa.index import open_index
+
+    index = open_index(settings)
+    index.create()
+    line(f"{tag}: chunks in the store", str(index.count()))
+    index.bump_revision()
+    save_keyword_index(tag, index, "keyword index build+save (writer)")
+    line(f"{tag}: keyword build RSS", f"{self_rss_mb():.0f} MB, peak {peak_rss_mb():.0f} MB")
+
+
+def phase_reader(args, settings, tag: str) -> None:
+    from qa.retrieval import get_retriever
+
     m = measure_retrieve(settings, questions(), rounds=args.rounds)
-    line(f"{tag}: first retrieve (cold: model+BM25)", f"{m['first']:.1f} s")
+    line(f"{tag}: first retrieve (cold, fresh process)", f"{m['first']:.2f} s")
     line(f"{tag}: first retrieve stages", m["first_stages"].summary())
-    line(f"{tag}: keyword index build (in 1st call)", f"{m['kw_build']:.1f} s")
-    line(f"{tag}: retrieve warm", latency_summary(m["latencies"]))
+    line(
+        f"{tag}: keyword index load in 1st call", f"{m['kw_build']:.2f} s (a build if no saved one)"
+    )
+    line(f"{tag}: retrieve warm, no filter", latency_summary(m["latencies"]))
     line(f"{tag}: client CPU per retrieve", cpu_summary(m["cpu"]))
     line(f"{tag}: stages", m["stages"].summary())
     line(f"{tag}: golden sanity check", golden_recall(settings))
-    filtered_latency(tag, settings, args.since)
+    filtered_latency(tag, settings, f"since {args.since}", args.rounds, since=args.since)
+    filtered_latency(
+        tag, settings, f"category {args.category}", args.rounds, categories=args.category
+    )
+    chunks = get_retriever(settings).index.count()
+    line(
+        f"{tag}: reader RSS",
+        f"{self_rss_mb():.0f} MB, peak {peak_rss_mb():.0f} MB ({chunks} chunks)",
+    )
+
+
+def phase_grow(args, settings, tag: str) -> None:
+    """Add --grow more papers (ids 98xx.xxxxx), then the keyword index update a writer does
+    before committing them (today KeywordIndex.build: a full rebuild, read back from Chroma)."""
+    from qa.corpus import load_corpus
+    from qa.index import open_index
+
+    real = load_corpus()
+    index = open_index(settings)
+    index.create()
+    vecs = real_vectors(real, index.model_id)
+    rng = np.random.default_rng(args.seed + 8)
+    extra = len(real) + int(args.papers * args.grow)
+    papers = (
+        (p, lambda n, b=b: perturbed(rows_for(vecs[b], n), rng, args.noise))
+        for p, b in synthetic_stream(real, extra, args.seed + 7, prefix="98")
+    )
+    w = write(index, papers, args.batch, tag)
+    line(
+        f"{tag}: +{args.grow:.0%} papers",
+        f"{w['papers']} papers, {w['chunks']} chunks, {w['wall_s']:.1f} s",
+    )
+    save_keyword_index(tag, index, "keyword index update (build+save)")
+    line(f"{tag}: grow RSS", f"{self_rss_mb():.0f} MB, peak {peak_rss_mb():.0f} MB")
+
+
+def phase(name: str, args, where: Path, url: str | None) -> None:
+    """Run one phase in a fresh process (its own peak RSS), output to ours."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", name, "--dir", str(where)]
+    cmd += sys.argv[1:] + (["--url", url] if url else [])
+    subprocess.run(cmd, check=True)
+
+
+def drive(args, where: Path, url: str | None) -> None:
+    tag = f"{'server' if url else 'embedded'} {args.papers}"
+    pid = server_pid(url) if url else None
+
+    def server_rss() -> None:
+        if pid:
+            line(
+                f"{tag}: chroma run RSS",
+                f"{proc_rss_mb(pid):.0f} MB, peak {proc_rss_mb(pid, 'VmHWM'):.0f} MB",
+            )
+
+    phase("ingest", args, where, url)
+    time.sleep(1)
+    line(f"{tag}: index size on disk (du)", f"{mb(du_bytes(where.parent))} ({where.parent})")
+    server_rss()
+    phase("reader", args, where, url)
+    server_rss()
     if args.grow:
-        grow(tag, args, index, real, vectors_for, len(chunked))
-    rss = f"client {self_rss_mb():.0f} MB (peak {peak_rss_mb():.0f} MB)"
-    if server_url:
-        srv = server_rss_mb(server_url)
-        rss += f", server {srv:.0f} MB" if srv else ", server ?"
-    line(f"{tag}: resident memory", rss)
+        phase("grow", args, where, url)
+        line(f"{tag}: index size on disk after growing", mb(du_bytes(where.parent)))
+        server_rss()
 
 
 def main() -> None:
@@ -342,22 +427,47 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2000, help="chunks per upsert")
     parser.add_argument("--noise", type=float, default=0.02, help="Gaussian sigma per dim")
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--keep", action="store_true", help="keep the temp store")
+    parser.add_argument("--keep", action="store_true", help="keep the store (path printed)")
     parser.add_argument("--grow", type=float, default=0.01, help="share of papers added after")
     parser.add_argument("--since", default="2023-06-01", help="date filter for a warm pass")
+    parser.add_argument("--category", default="cs.CL", help="category filter for a warm pass")
+    parser.add_argument(
+        "--phase",
+        choices=("ingest", "keyword", "reader", "grow"),
+        help="run one phase on the store in --dir (the driver runs them all in order)",
+    )
+    parser.add_argument("--dir", type=Path, help="the store of --phase (printed with --keep)")
+    parser.add_argument("--url", help="with --phase: the `chroma run` server's URL")
     args = parser.parse_args()
 
     default_settings()
-    from qa.config import Settings
+    if args.phase:
+        from qa.config import Settings
 
-    print(f"scale run: {args.papers} papers, {'server' if args.server else 'embedded'}", flush=True)
+        if args.url:
+            settings = Settings(chroma_url=args.url, persist_dir=args.dir.parent / "client")
+        else:
+            settings = Settings(persist_dir=args.dir)
+        tag = f"{'server' if args.url else 'embedded'} {args.papers}"
+        if args.phase == "ingest":
+            phase_ingest(args, settings, tag, server_pid(args.url) if args.url else None)
+        elif args.phase == "keyword":
+            phase_keyword(args, settings, tag)
+        elif args.phase == "reader":
+            phase_reader(args, settings, tag)
+        else:
+            phase_grow(args, settings, tag)
+        return
+    mode = "server" if args.server else "embedded"
+    print(f"scale run: {args.papers} papers, {mode}", flush=True)
     with temp_dir(f"bench-scale-{args.papers}-", keep=args.keep) as tmp:
+        if args.keep:
+            print(f"store kept in {tmp}", flush=True)
         if args.server:
             with chroma_server(tmp / "server") as url:
-                settings = Settings(chroma_url=url, persist_dir=tmp / "unused")
-                run(args, settings, tmp / "server", url)
+                drive(args, tmp / "server", url)
         else:
-            run(args, Settings(persist_dir=tmp / "store"), tmp / "store")
+            drive(args, tmp / "store", None)
 
 
 if __name__ == "__main__":
