@@ -9,7 +9,6 @@ import base64
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -24,6 +23,7 @@ import pytest
 pytest.register_assert_rewrite("chroma_server")
 
 from chroma_server import reset_qa_caches  # noqa: E402
+from processes import kill_when  # noqa: E402
 
 import qa  # noqa: E402
 from qa.config import get_settings  # noqa: E402
@@ -193,19 +193,12 @@ def test_reembed_kill_leaves_the_old_index_answering_then_completes(index_mode, 
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and child.poll() is None:
-            pending = store.get_meta(f"pending:{qa.index.target_of(get_settings())}")
-            if pending and _count(pending) >= 3:
-                os.kill(child.pid, signal.SIGKILL)
-                break
-            time.sleep(0.05)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        out, err = child.communicate(timeout=30)
-    assert child.returncode == -signal.SIGKILL, f"not killed mid-way: {out}\n{err}"
+
+    def new_collection_part_filled() -> bool:
+        pending = store.get_meta(f"pending:{qa.index.target_of(get_settings())}")
+        return bool(pending) and _count(pending) >= 3
+
+    kill_when(child, new_collection_part_filled, timeout=120)
     assert store.active(qa.index.target_of(get_settings())) == active  # not switched
     probe = json.loads((small_seeds / "seeds.jsonl").read_text().splitlines()[3])
     asked = run_qa("ask", probe["title"])

@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from langchain_core.embeddings import Embeddings
 pytest.register_assert_rewrite("chroma_server")
 
 from chroma_server import free_port, reset_qa_caches, use_server  # noqa: E402
+from processes import kill_when  # noqa: E402
 
 import qa  # noqa: E402
 import qa.index as qindex  # noqa: E402
@@ -482,22 +482,15 @@ def test_killed_ingest_resumes_without_duplicates_or_gaps(index_mode, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    seen = 0
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and child.poll() is None:
-            seen = count()
-            if 0 < seen < len(ids):
-                os.kill(child.pid, signal.SIGKILL)
-                break
-            time.sleep(0.02)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        out, err = child.communicate(timeout=30)
-    assert child.returncode == -signal.SIGKILL, f"child was not killed mid-way: {out}\n{err}"
+    seen: list[int] = []
+
+    def part_written() -> bool:
+        seen.append(count())
+        return 0 < seen[-1] < len(ids)
+
+    out, _ = kill_when(child, part_written, timeout=120, poll=0.02)
     assert "done" not in out
-    assert 0 < seen < len(ids)
+    assert 0 < seen[-1] < len(ids)
 
     # re-run (in this process, as `qa ingest` would be): it completes what was missing
     # (with the shipped vector cache back on, so the re-run is quick)
@@ -505,7 +498,7 @@ def test_killed_ingest_resumes_without_duplicates_or_gaps(index_mode, tmp_path):
     report = build_index(papers, progress=False)
     assert report.unchanged >= 1  # papers committed before the kill are not redone
     assert report.added + report.updated + report.unchanged == len(papers)
-    assert report.chunks_written <= len(ids) - seen
+    assert report.chunks_written <= len(ids) - seen[-1]
 
     index = open_index()
     assert index.count() == len(ids)

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ import pytest
 pytest.register_assert_rewrite("chroma_server")
 
 from chroma_server import reset_qa_caches  # noqa: E402
+from processes import kill_when  # noqa: E402
 from test_index import WORDS, expected_ids, numbered, seed_papers, stored_ids, unbroken  # noqa: E402
 
 import qa.ingest  # noqa: E402
@@ -234,20 +233,8 @@ def test_a_streamed_ingest_killed_mid_way_rewrites_exactly_the_unfinished_papers
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        deadline = time.monotonic() + 240
-        seen = 0
-        while time.monotonic() < deadline and child.poll() is None:
-            seen = _committed_chunks()
-            if first_batch < seen < len(ids):  # past the first batch, before the end
-                os.kill(child.pid, signal.SIGKILL)
-                break
-            time.sleep(0.05)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        out, err = child.communicate(timeout=30)
-    assert child.returncode == -signal.SIGKILL, f"child was not killed mid-way: {out}\n{err}"
+    # killed past the first batch, before the end
+    out, _ = kill_when(child, lambda: first_batch < _committed_chunks() < len(ids), timeout=240)
     assert "done" not in out
 
     reset_qa_caches()
