@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
@@ -350,6 +351,21 @@ class ChunkTable:
         return row if row is not None and self.present[row] else None
 
 
+def split_by_table(
+    table: ChunkTable | None, chunk_ids: Iterable[str]
+) -> tuple[list[tuple[str, int]], list[str]]:
+    """(chunk id, row) for the chunks the table holds, and the ids to read from Chroma."""
+    held: list[tuple[str, int]] = []
+    missing: list[str] = []
+    for cid in chunk_ids:
+        row = table.row(cid) if table is not None else None
+        if row is None:
+            missing.append(cid)
+        else:
+            held.append((cid, row))
+    return held, missing
+
+
 # ---------------------------------------------------------------- retriever
 
 
@@ -500,14 +516,8 @@ class Retriever:
         index's), the rest fetched from Chroma (the keyword top's while the question is
         being embedded, so their cosines cost no round trip after it)."""
         table = table if table is not None else self.keyword_index.chunk_table()
-        found: dict[str, np.ndarray] = {}
-        missing = []
-        for cid in chunk_ids:
-            row = table.row(cid) if table is not None else None
-            if row is None:
-                missing.append(cid)
-            else:
-                found[cid] = table.vectors[row]
+        held, missing = split_by_table(table, chunk_ids)
+        found = {cid: table.vectors[row] for cid, row in held}
         if missing:
             got = self.index.call(self.index.collection.get, ids=missing, include=["embeddings"])
             for cid, emb in zip(got["ids"], got["embeddings"], strict=True):
@@ -604,14 +614,8 @@ class Retriever:
         if not keys:
             return {}, {}
         wanted = list(dict.fromkeys([*(f"{k}#0" for k in keys), *chunk_ids]))
-        rows: list[tuple[str, dict | None, str]] = []
-        missing = []
-        for cid in wanted:
-            row = table.row(cid) if table is not None else None
-            if row is None:
-                missing.append(cid)
-            else:
-                rows.append((cid, table.firsts.get(cid), table.texts[row]))
+        held, missing = split_by_table(table, wanted)
+        rows = [(cid, table.firsts.get(cid), table.texts[row]) for cid, row in held]
         if missing:
             got = self.index.call(
                 self.index.collection.get, ids=missing, include=["metadatas", "documents"]
