@@ -22,7 +22,16 @@ pytest.register_assert_rewrite("chroma_server")
 
 from chroma_server import reset_qa_caches  # noqa: E402
 from processes import kill_when  # noqa: E402
-from test_index import WORDS, expected_ids, numbered, seed_papers, stored_ids, unbroken  # noqa: E402
+from test_index import (  # noqa: E402
+    WORDS,
+    _server_counter,
+    _sqlite_count,
+    expected_ids,
+    numbered,
+    seed_papers,
+    stored_ids,
+    unbroken,
+)
 
 import qa.ingest  # noqa: E402
 from qa.config import get_settings  # noqa: E402
@@ -253,19 +262,5 @@ def _committed_chunks() -> int:
     """Chunks the child has written so far, read without disturbing it."""
     settings = get_settings()
     if settings.chroma_url:
-        import chromadb
-
-        host, port = settings.chroma_url.rsplit("//", 1)[1].split(":")
-        try:
-            client = chromadb.HttpClient(host=host, port=int(port))
-            return client.get_collection(settings.collection).count()
-        except Exception:
-            return 0
-    db = settings.persist_dir / "chroma.sqlite3"
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05) as conn:
-            return conn.execute("SELECT count(*) FROM embeddings").fetchone()[0]
-    except sqlite3.Error:
-        return 0
+        return _server_counter(settings.chroma_url, settings.collection)()
+    return _sqlite_count(settings.persist_dir / "chroma.sqlite3")
