@@ -17,6 +17,7 @@ import calendar
 import re
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -210,9 +211,79 @@ def from_question(question: str) -> Filters:
     return Filters(since, until, tuple(dict.fromkeys(cats)))
 
 
+KEY_FIELDS = ("category_keys", "author_keys")  # list fields a filter matches with $contains
+_NO_ROWS = np.zeros(0, dtype=np.int32)
+
+
+class ChunkFacets:
+    """The filterable metadata of every keyword-index row: first-version date and the
+    category/author match keys, saved by the writer with the keyword index. Masks then cost
+    a few numpy operations instead of a Chroma `get(where=…)` over every chunk (57.7 s for a
+    date filter's first use at 666k chunks, paid inside a user's question: benchmarks/README.md).
+    """
+
+    def __init__(self, published: np.ndarray, postings: dict[str, np.ndarray]):
+        self.published = published  # int32 per row, YYYYMMDD; 0: no known date
+        self.postings = postings  # "field\x00key" → rows holding that key
+
+    @classmethod
+    def from_metadatas(cls, metadatas: list[dict | None]) -> ChunkFacets:
+        published = np.zeros(len(metadatas), dtype=np.int32)
+        rows: dict[str, list[int]] = {}
+        for row, meta in enumerate(metadatas):
+            meta = meta or {}
+            published[row] = meta.get("published") or 0
+            for name in KEY_FIELDS:
+                for key in meta.get(name) or ():
+                    rows.setdefault(f"{name}\x00{key}", []).append(row)
+        return cls(published, {k: np.asarray(v, dtype=np.int32) for k, v in rows.items()})
+
+    def mask(self, filters: Filters) -> np.ndarray:
+        """The rows `filters.where()` selects: the same clauses, evaluated here."""
+        ok = np.ones(len(self.published), dtype=bool)
+        if filters.since or filters.until:
+            ok &= self.published > 0
+        if filters.since:
+            ok &= self.published >= date_int(filters.since)
+        if filters.until:
+            ok &= self.published <= date_int(filters.until)
+        wanted = (
+            ("category_keys", [c.lower() for c in filters.categories]),
+            ("author_keys", [_author_key(a) for a in filters.authors]),
+        )
+        for name, keys in wanted:
+            if keys:
+                hit = np.zeros(len(ok), dtype=bool)
+                for key in dict.fromkeys(keys):
+                    hit[self.postings.get(f"{name}\x00{key}", _NO_ROWS)] = True
+                ok &= hit
+        return ok
+
+    def save(self, path: Path) -> None:
+        names = list(self.postings)
+        lists = [self.postings[n] for n in names]
+        np.savez(
+            path,
+            published=self.published,
+            names=np.asarray(names, dtype=str),
+            offsets=np.cumsum([0, *map(len, lists)]),
+            rows=np.concatenate(lists) if lists else np.zeros(0, dtype=np.int32),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> ChunkFacets:
+        with np.load(path) as data:
+            offsets, rows = data["offsets"], data["rows"]
+            postings = {
+                str(name): rows[offsets[i] : offsets[i + 1]] for i, name in enumerate(data["names"])
+            }
+            return cls(data["published"], postings)
+
+
 class FilterMasks:
-    """Which keyword-index rows each filter allows: asked of Chroma with the same `where` as
-    the dense side (one definition of a match), cached per index state and filter."""
+    """Which keyword-index rows each filter allows, cached per index state and filter: from
+    the facets saved with the keyword index, or (an index saved before them) asked of Chroma
+    with the same `where` as the dense side."""
 
     SIZE = 32
 
@@ -223,10 +294,14 @@ class FilterMasks:
         key = (keyword_index.revision, keyword_index.count, id(keyword_index.ids), filters)
         mask = self._cache.get(key)
         if mask is None:
-            got = index.call(index.collection.get, where=filters.where(), include=[])
-            row_of = keyword_index.row_of
-            mask = np.zeros(len(keyword_index.ids), dtype=bool)
-            mask[[row_of[c] for c in got["ids"] if c in row_of]] = True
+            facets = keyword_index.facets
+            if facets is not None and len(facets.published) == len(keyword_index.ids):
+                mask = facets.mask(filters)
+            else:
+                got = index.call(index.collection.get, where=filters.where(), include=[])
+                row_of = keyword_index.row_of
+                mask = np.zeros(len(keyword_index.ids), dtype=bool)
+                mask[[row_of[c] for c in got["ids"] if c in row_of]] = True
             if len(self._cache) >= self.SIZE:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = mask

@@ -34,7 +34,7 @@ from bm25s.stopwords import STOPWORDS_EN
 from qa.citations import ARXIV_ID as CITED_ID
 from qa.config import Settings, get_settings
 from qa.corpus import Paper
-from qa.filters import FilterMasks, Filters
+from qa.filters import ChunkFacets, FilterMasks, Filters
 from qa.index import Index, ensure_index, open_index, paper_from_metadata
 from qa.wording import american_spelling, normalize_question, split_scripts
 
@@ -90,6 +90,7 @@ _STEMMERS = threading.local()  # PyStemmer objects are not thread-safe
 # In the saved keyword index's name, so a new tokeniser rebuilds it (t2: scripts split,
 # British spellings folded).
 TOKENIZER = "t2"
+FACETS_FILE = "facets.npz"  # per-chunk dates and match keys (filters), beside the BM25 files
 
 
 def stems(text: str) -> list[str]:
@@ -133,6 +134,7 @@ class KeywordIndex:
     checked_at: float = 0.0
     writes: int = -1  # the Index's in-process write count at the last check
     table: ChunkTable | None = None  # its chunks' vectors and texts, for small indexes
+    facets: ChunkFacets | None = None  # its chunks' dates and match keys, for filter masks
 
     def chunk_table(self) -> ChunkTable | None:
         """The in-memory chunk table of this state (None: not loaded, or made for the
@@ -163,10 +165,19 @@ class KeywordIndex:
         for a state no writer saved an index for)."""
         ids: list[str] = []
         texts: list[str] = []
+        metadatas: list[dict | None] = []
         for offset in range(0, count, 5000):
-            got = index.call(index.collection.get, include=["documents"], limit=5000, offset=offset)
+            got = index.call(
+                index.collection.get,
+                include=["documents", "metadatas"],
+                limit=5000,
+                offset=offset,
+            )
             ids += got["ids"]
             texts += got["documents"]
+            metadatas += got["metadatas"]
+        self.facets = ChunkFacets.from_metadatas(metadatas)
+        del metadatas
         vocab: dict[str, int] = {}
         tokens = [[vocab.setdefault(w, len(vocab)) for w in stems(t)] for t in texts]
         model = bm25s.BM25()
@@ -194,6 +205,8 @@ class KeywordIndex:
             shutil.rmtree(tmp, ignore_errors=True)
             self.model.save(str(tmp))
             (tmp / "qa.json").write_text(json.dumps({"ids": self.ids, "idf": self.idf}))
+            if self.facets is not None:
+                self.facets.save(tmp / FACETS_FILE)
             shutil.rmtree(cache, ignore_errors=True)  # an unreadable copy of the same state
             os.replace(tmp, cache)
             _drop_superseded(cache)
@@ -207,12 +220,14 @@ class KeywordIndex:
         try:
             extra = json.loads((cache / "qa.json").read_text())
             model = bm25s.BM25.load(str(cache))
+            facets_file = cache / FACETS_FILE
+            facets = ChunkFacets.load(facets_file) if facets_file.is_file() else None
         except (OSError, ValueError, KeyError) as exc:
             log.warning("ignoring unreadable keyword index %s: %s", cache, exc)
             return False
         if len(extra["ids"]) != count:
             return False
-        self.ids, self.idf, self.model = extra["ids"], extra["idf"], model
+        self.ids, self.idf, self.model, self.facets = extra["ids"], extra["idf"], model, facets
         self.max_idf = max(self.idf.values(), default=1.0)
         self.vocab = model.vocab_dict
         self.row_of = {c: i for i, c in enumerate(self.ids)}

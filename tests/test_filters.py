@@ -310,3 +310,53 @@ def test_dense_side_without_where_gives_what_the_where_query_gives(index_env, gi
     monkeypatch.setattr(retrieval, "DENSE_OVERFETCH", 0)
     narrow = [[h.paper.key for h in qa.retrieve(q, k=5, **given)] for q in QUESTIONS]
     assert wide == narrow
+
+
+@pytest.mark.parametrize(
+    "given",
+    [*FILTERS, {"categories": ["cs.cl", "cs.CV"]}, {"authors": ["nobody-here"]}],
+    ids=lambda f: json.dumps(f),
+)
+def test_filter_masks_from_the_saved_facets_equal_chromas_where(index_env, given, monkeypatch):
+    """A filter's mask comes from the per-chunk dates and keys the writer saved with the
+    keyword index (no `get(where=…)` over every chunk: ~1 min at 666k chunks), and selects
+    exactly the chunks Chroma's `where` selects."""
+    import qa.retrieval as retrieval
+    from qa.filters import FilterMasks
+    from qa.index import open_index
+
+    qa.retrieve("warm up", k=1)  # the reader's keyword index, loaded from the writer's save
+    kw = retrieval.get_retriever().keyword_index
+    assert kw.facets is not None and len(kw.facets.published) == len(kw.ids)
+    index = open_index()
+    flt = Filters.make(**given)
+    want = set(index.collection.get(where=flt.where(), include=[])["ids"])
+
+    asked = []
+    real_get = index.collection.get
+    monkeypatch.setattr(
+        type(index.collection),
+        "get",
+        lambda self, *args, **kwargs: asked.append(kwargs) or real_get(*args, **kwargs),
+    )
+    mask = FilterMasks().get(index, kw, flt)
+    assert not asked
+    assert {cid for cid, ok in zip(kw.ids, mask, strict=True) if ok} == want
+
+
+def test_a_keyword_index_saved_without_facets_still_filters_through_chroma(index_env):
+    """An index saved before the facets existed: masks are asked of Chroma (same result)."""
+    import qa.retrieval as retrieval
+    from qa.filters import FilterMasks
+    from qa.index import open_index
+
+    qa.retrieve("warm up", k=1)
+    kw = retrieval.get_retriever().keyword_index
+    flt = Filters.make(since="2023-01-01", categories=["cs"])
+    with_facets = FilterMasks().get(open_index(), kw, flt)
+    facets, kw.facets = kw.facets, None
+    try:
+        without = FilterMasks().get(open_index(), kw, flt)
+    finally:
+        kw.facets = facets
+    assert with_facets.any() and (with_facets == without).all()
