@@ -237,3 +237,13 @@ def seeded_factory(tmp_path_factory, request) -> Callable[[str], SeededIndex]:
         return built[mode]
 
     return get
+
+
+@pytest.fixture
+def seeds(seeded_factory, monkeypatch):
+    """The bundled corpus, indexed once per session (embedded), selected for this test
+    through the environment; returns the settings that see it."""
+    from qa.config import get_settings
+
+    seeded_factory("embedded").activate(monkeypatch)
+    return get_settings()

@@ -10,17 +10,9 @@ import pytest
 
 import qa
 from qa.chain import Answer, QuestionError, ask, stream
-from qa.config import get_settings
 from qa.index import build_index
 
 pytest_plugins = ["fake_openai", "chroma_server"]
-
-
-@pytest.fixture
-def seeds(seeded_factory, monkeypatch):
-    """The bundled corpus, indexed once per session, selected for this test."""
-    seeded_factory("embedded").activate(monkeypatch)
-    return get_settings()
 
 
 def _ids(answer: Answer) -> list[str]:

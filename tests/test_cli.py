@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from qa.cli import main
 
 pytest_plugins = ["chroma_server"]
-
-
-@pytest.fixture
-def seeds(seeded_factory, monkeypatch):
-    seeded_factory("embedded").activate(monkeypatch)
 
 
 def test_ask_prints_answer_and_cited_papers(seeds, capsys):

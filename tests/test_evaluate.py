@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from qa.cli import main
 from qa.evaluate import GOLDEN, load_golden, reword, run_eval
 
 pytest_plugins = ["chroma_server"]
-
-
-@pytest.fixture
-def seeds(seeded_factory, monkeypatch):
-    seeded_factory("embedded").activate(monkeypatch)
 
 
 def test_golden_set_is_well_formed():

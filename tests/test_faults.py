@@ -17,12 +17,6 @@ pytest_plugins = ["fake_openai", "chroma_server"]
 SECRET = "sk-test-DO-NOT-LEAK-0123456789"
 
 
-@pytest.fixture
-def seeds(seeded_factory, monkeypatch):
-    seeded_factory("embedded").activate(monkeypatch)
-    return get_settings()
-
-
 def _rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -22,9 +22,8 @@ POMP = "2304.04704"
 
 
 @pytest.fixture(autouse=True)
-def seeds(seeded_factory, monkeypatch):
+def _every_test_reads_the_seeds(seeds):
     """Every test here reads the seeds index (embedded), selected through the environment."""
-    seeded_factory("embedded").activate(monkeypatch)
 
 
 # ---------------------------------------------------------------- the retriever

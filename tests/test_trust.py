@@ -35,12 +35,6 @@ pytest_plugins = ["fake_openai", "chroma_server"]
 BACKDOOR = "Which papers study backdoor attacks on speech models?"
 
 
-@pytest.fixture
-def seeds(seeded_factory, monkeypatch):
-    seeded_factory("embedded").activate(monkeypatch)
-    return get_settings()
-
-
 def _ids(answer) -> list[str]:
     return [p.arxiv_id for p in answer.citations]
 
