@@ -17,6 +17,7 @@ import re
 import shutil
 import threading
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -222,7 +223,7 @@ class KeywordIndex:
             model = bm25s.BM25.load(str(cache))
             facets_file = cache / FACETS_FILE
             facets = ChunkFacets.load(facets_file) if facets_file.is_file() else None
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             log.warning("ignoring unreadable keyword index %s: %s", cache, exc)
             return False
         if len(extra["ids"]) != count:

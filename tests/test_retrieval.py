@@ -346,7 +346,9 @@ def test_keyword_index_is_saved_and_reloaded_without_retokenising(seeded, monkey
     assert fresh.ids[int(scores.argmax())].startswith("2304.04704#")
 
 
-def test_unreadable_saved_keyword_index_is_built_in_memory_and_left_alone(seeded):
+@pytest.mark.parametrize("damaged", ["qa.json", "facets.npz"])
+@pytest.mark.parametrize("garbled", ["not json", "cut short"])
+def test_unreadable_saved_keyword_index_is_built_in_memory_and_left_alone(seeded, damaged, garbled):
     """A reader never writes: it builds the index in memory and leaves the file to writers."""
     import qa.retrieval as retrieval
     from qa.index import open_index
@@ -354,15 +356,17 @@ def test_unreadable_saved_keyword_index_is_built_in_memory_and_left_alone(seeded
     qa.retrieve("What is POMP?", k=3)
     index = open_index()
     cache = retrieval._cache_dir(index, index.revision(), index.count())
-    saved = (cache / "qa.json").read_text()
+    saved = (cache / damaged).read_bytes()
     try:
-        (cache / "qa.json").write_text("{not json")
+        bad = b"{not json, not a zip" if garbled == "not json" else saved[: len(saved) // 2]
+        (cache / damaged).write_bytes(bad)
         fresh = retrieval.KeywordIndex()
         fresh.refresh(index)
         assert len(fresh.ids) == index.count()
-        assert (cache / "qa.json").read_text() == "{not json"
+        assert fresh.facets is not None and len(fresh.facets.published) == index.count()
+        assert (cache / damaged).read_bytes() == bad
     finally:
-        (cache / "qa.json").write_text(saved)  # the session's index, for the next tests
+        (cache / damaged).write_bytes(saved)  # the session's index, for the next tests
 
 
 def _no_stemming(text: str) -> list[str]:
