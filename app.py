@@ -26,6 +26,7 @@ import html
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -42,7 +43,7 @@ from qa.mcp_tools import install as install_mcp_tools
 from qa.mcp_tools import with_mcp
 from qa.models import ModelError
 from qa.policy import ModelNotOffered, offered, redact, visitor_model
-from qa.retrieval import Hit
+from qa.retrieval import Hit, retrieve
 from qa.serving import BodyLimit, bind_problem, check_bind
 from qa.similarity import UnknownPaper, similar
 from qa.support import mark_weak
@@ -627,10 +628,30 @@ def serve(settings: Settings, **extra: object) -> None:
         + (" (login required)" if settings.auth else ""),
         flush=True,
     )
+    threading.Thread(target=warm_up, args=(settings,), name="warm-up", daemon=True).start()
     try:
         demo.launch(**options)
     except OSError as exc:  # taken since the check; Gradio's message names GRADIO_SERVER_PORT
         raise SettingsError(bind_problem(settings.host, settings.port, exc)) from None
+
+
+def warm_up(settings: Settings) -> float | None:
+    """Load what the first question would wait for (the embedding model, the vector index —
+    ~9 s embedded at 666k chunks —, the keyword index) while the server starts, so the first
+    visitor does not pay for it. A read: it writes nothing. Returns its seconds, or None when it
+    failed (the first question then reports why, in one line)."""
+    start = time.perf_counter()
+    try:
+        retrieve("arxiv-qa warm-up", k=1, settings=settings)
+    except (IndexUnavailable, EmbeddingsUnavailable) as exc:  # one line, no secret
+        log.warning("warm-up skipped: %s", exc)
+        return None
+    except Exception as exc:  # the first question reports it; never a traceback here
+        log.warning("warm-up skipped (%s)", type(exc).__name__)
+        return None
+    seconds = time.perf_counter() - start
+    print(f"arxiv-qa: retriever warm in {seconds:.1f} s", flush=True)
+    return seconds
 
 
 def exit_with(exc: Exception) -> None:

@@ -5,8 +5,11 @@ vector cache) and the module-level `demo` is launched on a free port. The login 
 `python app.py` in a subprocess, which also checks the first-start index build.
 """
 
+import hashlib
 import json
+import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -683,6 +686,46 @@ def test_status_line_builds_a_missing_index_and_reports_it(tmp_path):
     assert list(app.index_status(settings)) == lines[-1:], "built once"
 
 
+def _tree(path: Path) -> dict[str, str]:
+    """Content hash of every file of ours: the corpus record and the saved keyword indexes
+    (Chroma applies its own write-ahead log to its segment files when it opens them; SQLite's
+    -shm is shared memory, not data)."""
+    ours = [*path.glob("corpus.sqlite3*"), *path.glob(".keyword-index/**/*")]
+    files = (f for f in ours if f.is_file() and not f.name.endswith("-shm"))
+    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def test_warm_up_loads_what_the_first_question_needs_and_writes_nothing(
+    app_index, tmp_path, monkeypatch
+):
+    from qa.retrieval import KeywordIndex, retrieve
+
+    store = tmp_path / "store"
+    shutil.copytree(app_index, store)  # a store no retriever in this process has opened yet
+    settings = Settings(persist_dir=store)
+    before = _tree(store)
+    assert any(".keyword-index" in f for f in before)
+    assert app.warm_up(settings) is not None
+    assert _tree(store) == before, "a warm-up is a read"
+
+    def loads(*args, **kwargs):
+        raise AssertionError("the first question loaded the keyword index again")
+
+    monkeypatch.setattr(KeywordIndex, "load_saved", loads)
+    monkeypatch.setattr(KeywordIndex, "build_in_memory", loads)
+    hits = retrieve("What is ATSS?", settings=settings)
+    assert hits[0].paper.arxiv_id == "1912.02424"
+
+
+def test_warm_up_with_the_store_down_logs_one_line_and_serving_goes_on(caplog):
+    url = f"http://127.0.0.1:{free_port()}"
+    with caplog.at_level(logging.WARNING, logger="arxiv_qa.app"):
+        assert app.warm_up(Settings(chroma_url=url)) is None
+    [record] = [r for r in caplog.records if r.name == "arxiv_qa.app"]
+    assert "warm-up skipped" in record.getMessage() and url in record.getMessage()
+    assert record.exc_info is None and "\n" not in record.getMessage()
+
+
 def test_launch_options_bind_loopback_and_parse_auth():
     options = app.launch_options(Settings())
     assert options["server_name"] == "127.0.0.1" and options["server_port"] == 7860
@@ -755,6 +798,11 @@ def test_python_app_py_builds_the_index_and_serves_on_loopback(served_with_login
     output = log.read_text(errors="replace")
     assert "indexing" in output and "517/517" in output, "a visible progress bar"
     assert f"serving on {url.rstrip('/')} (login required)" in output
+    deadline = time.monotonic() + 60
+    while "retriever warm in" not in output and time.monotonic() < deadline:
+        time.sleep(0.5)
+        output = log.read_text(errors="replace")
+    assert "arxiv-qa: retriever warm in" in output, "the first question's loads done at start"
 
 
 def test_login_refuses_unauthenticated_calls(served_with_login):
