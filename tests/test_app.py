@@ -726,6 +726,30 @@ def test_warm_up_with_the_store_down_logs_one_line_and_serving_goes_on(caplog):
     assert record.exc_info is None and "\n" not in record.getMessage()
 
 
+def test_the_status_line_counts_papers_once_per_committed_state(tmp_path, monkeypatch):
+    from qa.corpus import Paper
+    from qa.ingest import build_index
+
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    (seeds / "tiny.jsonl").write_text(
+        '{"arxiv_id": "2401.00001", "title": "Paper one", "abstract": "Topic one text."}\n'
+    )
+    settings = Settings(persist_dir=tmp_path / "index", seeds_dir=seeds)
+    index = ensure_index(settings, progress=False)
+    counted = []
+    get = index.collection.get
+    monkeypatch.setattr(index.collection, "get", lambda *a, **k: counted.append(k) or get(*a, **k))
+    assert app.count_papers(index) == app.count_papers(index) == 1
+    assert len(counted) == 1, "a page load does not recount an unchanged index"
+    build_index(
+        [Paper("2401.00002", "2401.00002", "Paper two", "Topic two text.")],
+        settings=settings,
+        progress=False,
+    )
+    assert app.count_papers(open_index(settings)) == 2, "a new state is counted again"
+
+
 def test_launch_options_bind_loopback_and_parse_auth():
     options = app.launch_options(Settings())
     assert options["server_name"] == "127.0.0.1" and options["server_port"] == 7860
