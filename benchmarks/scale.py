@@ -26,12 +26,14 @@ Between phases the driver prints disk use (du) and, with --server, the `chroma r
 
 Usage: python benchmarks/scale.py --papers 10000 [--server] [--rounds 2] [--batch 2000]
        [--grow 0.01] [--since 2023-06-01] [--category cs.CL] [--keep]
-An ingest stopped part-way (--keep): --phase keyword --dir STORE, then --phase reader / grow.
+An ingest stopped part-way (--keep): --resume FOLDER goes on where it stopped; or --phase keyword
+--dir STORE, then --phase reader / grow on what is there.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import subprocess
@@ -160,8 +162,12 @@ def tokenizer_chunk_rate(papers: list) -> float:
     return len(papers) / (time.perf_counter() - t)
 
 
-def write(index, papers: Iterable[tuple], batch: int, tag: str, pid: int | None = None) -> dict:
-    """Chunk each (paper, vectors for its chunks) and upsert in batches of `batch` chunks.
+def write(
+    index, papers: Iterable[tuple], batch: int, tag: str, pid: int | None = None, skip: int = 0
+) -> dict:
+    """Chunk each (paper, vectors for its chunks) and upsert in batches of `batch` chunks;
+    the papers of the first `skip` chunks are passed over (already in a resumed store: batches
+    hold whole papers in stream order, so a stopped run's store holds a prefix of them).
 
     Returns chunks, papers, wall seconds, chunking seconds and CPU seconds. CPU counts this
     process (embedded Chroma included) plus the server process `pid`, if any: on a loaded
@@ -189,6 +195,9 @@ def write(index, papers: Iterable[tuple], batch: int, tag: str, pid: int | None 
         t = time.perf_counter()
         chunks = chunk_paper(paper, 256, length=approx_tokens)
         out["chunk_s"] += time.perf_counter() - t
+        if skip >= len(chunks):
+            skip -= len(chunks)
+            continue
         out["papers"] += 1
         for c, v in zip(chunks, vectors_of(len(chunks)), strict=True):
             ids.append(c.id)
@@ -306,7 +315,10 @@ def phase_ingest(args, settings, tag: str, pid: int | None) -> None:
         for p, b in synthetic_stream(real, args.papers, args.seed):
             yield p, lambda n, b=b: perturbed(rows_for(vecs[b], n), rng, args.noise)
 
-    w = write(index, papers(), args.batch, tag, pid)
+    present = index.count() if args.resume else 0
+    if present:
+        line(f"{tag}: resumed", f"{present} chunks already in the store are passed over")
+    w = write(index, papers(), args.batch, tag, pid, skip=present)
     line(
         f"{tag}: ingest into Chroma (vectors given)",
         f"{w['chunks']} chunks, {w['papers']} papers in {w['wall_s']:.0f} s = "
@@ -437,6 +449,11 @@ def main() -> None:
         help="run one phase on the store in --dir (the driver runs them all in order)",
     )
     parser.add_argument("--dir", type=Path, help="the store of --phase (printed with --keep)")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        help="a stopped run's folder (printed with --keep): go on writing where it stopped",
+    )
     parser.add_argument("--url", help="with --phase: the `chroma run` server's URL")
     args = parser.parse_args()
 
@@ -460,8 +477,9 @@ def main() -> None:
         return
     mode = "server" if args.server else "embedded"
     print(f"scale run: {args.papers} papers, {mode}", flush=True)
-    with temp_dir(f"bench-scale-{args.papers}-", keep=args.keep) as tmp:
-        if args.keep:
+    kept = contextlib.nullcontext(args.resume) if args.resume else None
+    with kept or temp_dir(f"bench-scale-{args.papers}-", keep=args.keep) as tmp:
+        if args.keep or args.resume:
             print(f"store kept in {tmp}", flush=True)
         if args.server:
             with chroma_server(tmp / "server") as url:

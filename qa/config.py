@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     # index
     persist_dir: Path = Field(PROJECT_ROOT / "vectorstore", description="Embedded Chroma path.")
     chroma_url: str | None = Field(None, description="Chroma server URL; embedded when unset.")
+    chroma_timeout: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds one request to the Chroma server may take before it fails (a "
+        "hung server becomes an error, not a hang); raise it for large writes into a busy "
+        "server.",
+    )
     collection: str = Field("arxiv_qa", description="Chroma collection name.")
     embeddings: str = Field("minilm", description="Embedding spec: minilm | openai:<model> | …")
     chunk_tokens: int = Field(256, description="Max tokens per chunk (the model's window).")

@@ -40,7 +40,6 @@ from qa.store import CorpusStore, IndexUnavailable, corpus_path, fault_reason, o
 log = logging.getLogger(__name__)
 
 VECTOR_CACHE_DIR = PROJECT_ROOT / "seeds" / "vectors"
-CHROMA_TIMEOUT_SECONDS = 60.0  # per request to a Chroma server (large upserts included)
 
 
 # ---------------------------------------------------------------- chunks
@@ -226,14 +225,14 @@ def make_client(settings: Settings, fresh: bool = False) -> chromadb.ClientAPI:
                 raise IndexUnavailable(
                     f"QA_CHROMA_URL={settings.chroma_url!r} is not a URL like http://host:8000"
                 )
-            _heartbeat(settings.chroma_url)
+            _heartbeat(settings.chroma_url, settings.chroma_timeout)
             client = chromadb.HttpClient(
                 host=url.hostname,
                 port=url.port or (443 if url.scheme == "https" else 8000),
                 ssl=url.scheme == "https",
                 settings=_chroma_settings(),
             )
-            _bound_http_timeout(client)
+            _bound_http_timeout(client, settings.chroma_timeout)
             return client
         _check_store_files(settings)
         settings.persist_dir.mkdir(parents=True, exist_ok=True)
@@ -250,7 +249,7 @@ def make_client(settings: Settings, fresh: bool = False) -> chromadb.ClientAPI:
         raise chroma_error(settings, exc) from exc
 
 
-def _heartbeat(url: str) -> None:
+def _heartbeat(url: str, timeout: float) -> None:
     """Ask the server for a heartbeat first: a hung server fails here within the timeout
     (chromadb's own client would wait forever), and a server that is not Chroma (an HTTP
     error, an HTML page) is named as such instead of showing its reply."""
@@ -260,7 +259,7 @@ def _heartbeat(url: str) -> None:
 
     endpoint = url.rstrip("/") + "/api/v2/heartbeat"
     try:
-        with urllib.request.urlopen(endpoint, timeout=CHROMA_TIMEOUT_SECONDS) as response:
+        with urllib.request.urlopen(endpoint, timeout=timeout) as response:
             body = response.read(4096)
     except urllib.error.HTTPError as exc:
         raise IndexUnavailable(_not_chroma(url, f"HTTP {exc.code} at /api/v2/heartbeat")) from None
@@ -280,14 +279,14 @@ def _not_chroma(url: str, why: str) -> str:
     )
 
 
-def _bound_http_timeout(client: chromadb.ClientAPI) -> None:
+def _bound_http_timeout(client: chromadb.ClientAPI, timeout: float) -> None:
     """chromadb's HttpClient sends with `timeout=None`: bound every request instead, so a
     server that stops answering mid-session becomes an IndexUnavailable, not a hang."""
     import httpx
 
     session = getattr(getattr(client, "_server", None), "_session", None)
     if isinstance(session, httpx.Client):
-        session.timeout = httpx.Timeout(CHROMA_TIMEOUT_SECONDS, connect=5.0)
+        session.timeout = httpx.Timeout(timeout, connect=5.0)
     else:  # pragma: no cover - a chromadb whose internals moved
         log.warning("cannot set a timeout on the Chroma HTTP client; requests may hang")
 
@@ -392,7 +391,24 @@ def unavailable_message(settings: Settings, exc: BaseException) -> str:
         else "run `qa ingest --rebuild` to rebuild it from the corpus record"
     )
     reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    if settings.chroma_url and _timed_out(exc):
+        reason = f"no answer within QA_CHROMA_TIMEOUT={settings.chroma_timeout:g} s"
+        hint += " If it is busy (a large write), raise QA_CHROMA_TIMEOUT."
     return f"cannot use {what}: {reason}; {hint}"
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """A request the server did not answer in time (httpx's or the heartbeat's socket)."""
+    import httpx
+
+    while exc is not None:
+        if isinstance(exc, httpx.TimeoutException | TimeoutError) or isinstance(
+            getattr(exc, "reason", None),
+            TimeoutError,  # urllib's URLError around it
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def target_of(settings: Settings) -> str:
