@@ -450,6 +450,10 @@ def main() -> None:
     )
     parser.add_argument("--dir", type=Path, help="the store of --phase (printed with --keep)")
     parser.add_argument(
+        "--hnsw-sync", type=int, help="QA_HNSW_SYNC_THRESHOLD (default: the setting's default)"
+    )
+    parser.add_argument("--chroma-timeout", type=float, help="QA_CHROMA_TIMEOUT, seconds")
+    parser.add_argument(
         "--resume",
         type=Path,
         help="a stopped run's folder (printed with --keep): go on writing where it stopped",
@@ -457,7 +461,7 @@ def main() -> None:
     parser.add_argument("--url", help="with --phase: the `chroma run` server's URL")
     args = parser.parse_args()
 
-    default_settings()
+    default_settings(hnsw_sync_threshold=args.hnsw_sync, chroma_timeout=args.chroma_timeout)
     if args.phase:
         from qa.config import Settings
 
