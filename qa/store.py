@@ -168,12 +168,14 @@ class SyncState:
     Every paper with `rev` ≤ `rev` was indexed as the `indexed` table says, in the collection
     with Chroma id `id`, chunked for `tokens`; `chunks` is the sum of the table's `present`,
     which must equal the collection's count (else the writer reconciles from Chroma).
-    `rev` -1: examine every paper."""
+    `rev` -1: examine every paper. `resets` counts how often the account was read again from
+    Chroma (a saved keyword index from before that is not updated, only rebuilt)."""
 
     id: str
     rev: int
     chunks: int
     tokens: int
+    resets: int = 0
 
 
 @dataclass
@@ -481,6 +483,15 @@ class CorpusStore:
                 for key, *row in conn.execute(query, [coll, *part]):
                     found[key] = tuple(row)
         return found
+
+    def held(self, coll: str) -> Iterator[tuple[str, str, int, int]]:
+        """(key, hash, present, expected) of every paper `coll` holds (one indexed scan)."""
+        if not self.exists():
+            return
+        with self._read() as conn:
+            yield from conn.execute(
+                "SELECT key, hash, present, expected FROM indexed WHERE coll = ?", (coll,)
+            )
 
     def mark_indexed(self, coll: str, rows: list[tuple[str, str, int, str]]) -> None:
         """After their chunks were written: (key, hash, chunks, sources) of whole papers."""
