@@ -328,15 +328,16 @@ def _save_keyword_index(index: Index, store: CorpusStore, generation: int, count
 def _held(index: Index, store: CorpusStore, count: int) -> Held | None:
     """What the record says the collection holds after a complete fill (None: an account that
     does not match Chroma's count, or a paper not whole; the keyword index is then rebuilt)."""
-    state = store.sync_state(_coll(index.settings, index.name))
+    coll = _coll(index.settings, index.name)
+    state = store.sync_state(coll)
     if state is None or state.chunks != count or state.id != str(index.collection.id):
         return None
     papers: dict[str, tuple[str, int]] = {}
-    for key, digest, present, expected in store.held(_coll(index.settings, index.name)):
+    for key, digest, present, expected in store.held(coll):
         if present != expected:
             return None
         papers[key] = (digest, present)
-    return Held(f"{state.id}|{state.tokens}|{state.resets}", papers)
+    return Held(f"{state.id}|{state.tokens}|{store.resets(coll)}", papers)
 
 
 def _coll(settings: Settings, name: str) -> str:
@@ -388,8 +389,7 @@ def _sync_point(index: Index, store: CorpusStore, coll: str) -> tuple[int, bool]
     if state is None or state.id != ident or state.chunks != index.count():
         if state is not None:
             log.info("the record's account of %s is out of date; reading it from Chroma", coll)
-        resets = state.resets + 1 if state is not None else 0
-        store.reset_indexed(coll, SyncState(ident, -1, 0, tokens, resets))
+        store.reset_indexed(coll, SyncState(ident, -1, 0, tokens))
         for metadatas in index.chunk_metadata():
             store.note_chunks(coll, metadatas)
         return -1, True

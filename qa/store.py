@@ -168,14 +168,12 @@ class SyncState:
     Every paper with `rev` ≤ `rev` was indexed as the `indexed` table says, in the collection
     with Chroma id `id`, chunked for `tokens`; `chunks` is the sum of the table's `present`,
     which must equal the collection's count (else the writer reconciles from Chroma).
-    `rev` -1: examine every paper. `resets` counts how often the account was read again from
-    Chroma (a saved keyword index from before that is not updated, only rebuilt)."""
+    `rev` -1: examine every paper."""
 
     id: str
     rev: int
     chunks: int
     tokens: int
-    resets: int = 0
 
 
 @dataclass
@@ -434,16 +432,24 @@ class CorpusStore:
             _put_state(conn, coll, state)
 
     def reset_indexed(self, coll: str, state: SyncState) -> None:
-        """Forget what `coll` was thought to hold (a reconciliation refills it from Chroma)."""
+        """Forget what `coll` was thought to hold (a reconciliation refills it from Chroma),
+        counted in `resets(coll)`."""
         with self._write() as conn:
             conn.execute("DELETE FROM indexed WHERE coll = ?", (coll,))
             _put_state(conn, coll, state)
+            _set(conn, f"resets:{coll}", _counter(conn, f"resets:{coll}") + 1)
+
+    def resets(self, coll: str) -> int:
+        """How often `coll`'s account was read again from Chroma: a saved keyword index from
+        before the last time is rebuilt, never updated."""
+        return self.counter(f"resets:{coll}")
 
     def forget_collection(self, coll: str) -> None:
         """A deleted collection: drop its rows and state."""
         with self._write() as conn:
             conn.execute("DELETE FROM indexed WHERE coll = ?", (coll,))
-            conn.execute("DELETE FROM meta WHERE name = ?", (f"synced:{coll}",))
+            names = (f"synced:{coll}", f"resets:{coll}")
+            conn.execute("DELETE FROM meta WHERE name IN (?, ?)", names)
 
     def count_changed(self, rev: int) -> int:
         if not self.exists():
