@@ -310,7 +310,11 @@ class KeywordIndex:
         readers load it instead of building it. With `held` (what the record says the
         collection holds), the latest saved copy is updated with what changed since it was
         saved; returns whether it was (False: a full build, reading every chunk)."""
-        updated = held is not None and self.update(index, revision, count, held)
+        try:
+            updated = held is not None and self.update(index, revision, count, held)
+        except (ValueError, IndexError) as exc:  # a copy damaged in a way its checks missed
+            log.warning("could not update the saved keyword index (%s); rebuilding it", exc)
+            updated = False
         if not updated:
             self.build_in_memory(index, revision, count, keep_rows=True)
             self.lineage = held.lineage if held else ""

@@ -28,7 +28,6 @@ from processes import kill_when  # noqa: E402
 from test_index import chunks_of, seed_papers  # noqa: E402
 from test_ingest_incremental import _committed_chunks, write_jsonl  # noqa: E402
 
-import qa.ingest  # noqa: E402
 import qa.keyword_index as keyword_index  # noqa: E402
 from qa.filters import Filters  # noqa: E402
 from qa.index import Index, build_index, open_index, remove_papers  # noqa: E402
@@ -117,7 +116,9 @@ def test_the_matrix_from_the_flat_arrays_equals_bm25s_own_index():
     )
     model, _ = bm25_matrix(rows)
     ref = bm25s.BM25()
-    lists = [rows.tokens[a:b].tolist() for a, b in zip(rows.offsets, rows.offsets[1:])]
+    lists = [
+        rows.tokens[a:b].tolist() for a, b in zip(rows.offsets[:-1], rows.offsets[1:], strict=True)
+    ]
     vocab = {w: i for i, w in enumerate(rows.vocab)}
     ref.index(bm25s.tokenization.Tokenized(ids=lists, vocab=vocab), show_progress=False)
     for query in QUERIES[:3]:
