@@ -89,12 +89,12 @@ def chunks_in_memory(retriever, wait: float = 60.0) -> bool:
 
 def measure_retrieve(settings, questions: list[str], rounds: int = 2, warmup: int = 10) -> dict:
     """Cold first call, then warm latencies of `qa.retrieve` over `questions` × `rounds`."""
-    import qa.retrieval
+    import qa.keyword_index
     from qa.retrieval import get_retriever, retrieve
 
     # the first call builds the keyword index (Chroma get of all documents + bm25s): time it
     builds: list[float] = []
-    original = qa.retrieval.KeywordIndex.rebuild
+    original = qa.keyword_index.KeywordIndex.rebuild
 
     def timed_rebuild(self, index):
         t = time.perf_counter()
@@ -103,7 +103,7 @@ def measure_retrieve(settings, questions: list[str], rounds: int = 2, warmup: in
         finally:
             builds.append(time.perf_counter() - t)
 
-    qa.retrieval.KeywordIndex.rebuild = timed_rebuild
+    qa.keyword_index.KeywordIndex.rebuild = timed_rebuild
     first_timer = StageTimer()
     from qa.embeddings import get_embeddings
 
@@ -116,7 +116,7 @@ def measure_retrieve(settings, questions: list[str], rounds: int = 2, warmup: in
         first_timer.end()
     finally:
         first_timer.uninstall()
-        qa.retrieval.KeywordIndex.rebuild = original
+        qa.keyword_index.KeywordIndex.rebuild = original
     kw_build = sum(builds)
     retriever = get_retriever(settings)
     for q in questions[:warmup]:

@@ -16,12 +16,18 @@ collection.upsert(embeddings=...) in batches, with metadata shaped by qa.index.c
 (split by an approximate chars/4.2 token length: the real tokenizer's cost is printed from a
 sample), so qa.retrieve works on the result unchanged.
 
+Each batch is also recorded in the corpus record with its account of the collection, as the
+writer's `_write_batch` does (qa.store: the papers, then what each paper's chunks are), and
+every phase commits with the writer's own `qa.ingest._commit`, which saves the keyword index.
+
 Each phase is its own process, so each peak RSS is that phase's:
-  ingest  stream every chunk into Chroma, then build and save the keyword index as a writer
-          does before committing (KeywordIndex.build, what qa.ingest's _save_keyword_index calls)
+  ingest  stream every chunk into Chroma, then commit: the keyword index is built and saved
+          as a writer does before committing (a full build: there is no saved copy yet)
   reader  a fresh process: cold first `qa.retrieve` (model, HNSW and the saved keyword index
           loaded), warm p50/p95 unfiltered, with a date filter and with a category filter
-  grow    add --grow (a share) more papers, then the keyword index update a writer does
+  grow    add --grow (a share) more papers and commit: the writer's keyword index update
+          (the saved copy plus the chunks of the papers changed since, read back by id), then,
+          on the same state, a full build for comparison
 Between phases the driver prints disk use (du) and, with --server, the `chroma run` RSS.
 
 Usage: python benchmarks/scale.py --papers 10000 [--server] [--rounds 2] [--batch 2000]
@@ -64,6 +70,7 @@ from _stages import measure_retrieve
 
 SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
 CHARS_PER_TOKEN = 4.2
+CHUNK_TOKENS = 256  # QA_CHUNK_TOKENS' default: the window chunks are cut for
 
 
 def approx_tokens(text: str) -> int:
@@ -130,7 +137,7 @@ def real_vectors(real: list, model_id: str) -> list[np.ndarray]:
     out = []
     for p in real:
         rows = []
-        for c in chunk_paper(p, 256):
+        for c in chunk_paper(p, CHUNK_TOKENS):
             v = cache.get(_text_hash(model_id, c.text))
             rows.append(v if v is not None else pool[int(rng.integers(len(pool)))])
         out.append(np.vstack(rows))
@@ -158,47 +165,67 @@ def tokenizer_chunk_rate(papers: list) -> float:
     token_length("warm up")
     t = time.perf_counter()
     for p in papers:
-        chunk_paper(p, 256)
+        chunk_paper(p, CHUNK_TOKENS)
     return len(papers) / (time.perf_counter() - t)
+
+
+def record_of(index):
+    """The corpus record and this collection's account in it (started if there is none)."""
+    from qa.ingest import _coll
+    from qa.store import SyncState, open_store
+
+    store = open_store(index.settings)
+    coll = _coll(index.settings, index.name)
+    if store.sync_state(coll) is None:
+        store.reset_indexed(coll, SyncState(str(index.collection.id), -1, 0, CHUNK_TOKENS))
+    return store, coll
 
 
 def write(
     index, papers: Iterable[tuple], batch: int, tag: str, pid: int | None = None, skip: int = 0
 ) -> dict:
-    """Chunk each (paper, vectors for its chunks) and upsert in batches of `batch` chunks;
-    the papers of the first `skip` chunks are passed over (already in a resumed store: batches
-    hold whole papers in stream order, so a stopped run's store holds a prefix of them).
+    """Chunk each (paper, vectors for its chunks) and upsert in batches of `batch` chunks,
+    recording each batch's papers and account as the writer does; the papers of the first
+    `skip` chunks are passed over (already in a resumed store: batches hold whole papers in
+    stream order, so a stopped run's store holds a prefix of them).
 
     Returns chunks, papers, wall seconds, chunking seconds and CPU seconds. CPU counts this
     process (embedded Chroma included) plus the server process `pid`, if any: on a loaded
     machine it is the figure that says what an idle one would do.
     """
     from qa.index import chunk_paper
+    from qa.store import USER
 
     coll = index.collection
-    ids, docs, metas, embs = [], [], [], []
+    store, account = record_of(index)
+    ids, docs, metas, embs, held, marks = [], [], [], [], [], []
     out = {"chunks": 0, "papers": 0, "chunk_s": 0.0}
     start = time.perf_counter()
     cpu0 = cpu_seconds() + (cpu_seconds(pid) if pid else 0.0)
 
     def flush() -> None:
         if ids:
+            store.add(held, USER)  # the writer records papers before indexing them
             index.call(
                 coll.upsert, ids=ids, documents=docs, metadatas=metas, embeddings=np.vstack(embs)
             )
+            store.mark_indexed(account, marks)
             out["chunks"] += len(ids)
-            for buf in (ids, docs, metas, embs):
+            for buf in (ids, docs, metas, embs, held, marks):
                 buf.clear()
 
     next_report = report_every = max(batch, 50000)
     for paper, vectors_of in papers:
         t = time.perf_counter()
-        chunks = chunk_paper(paper, 256, length=approx_tokens)
+        chunks = chunk_paper(paper, CHUNK_TOKENS, length=approx_tokens)
         out["chunk_s"] += time.perf_counter() - t
         if skip >= len(chunks):
             skip -= len(chunks)
             continue
         out["papers"] += 1
+        first = chunks[0].metadata
+        held.append(paper)
+        marks.append((paper.key, first["paper_hash"], len(chunks), first["sources"]))
         for c, v in zip(chunks, vectors_of(len(chunks)), strict=True):
             ids.append(c.id)
             docs.append(c.text)
@@ -212,20 +239,22 @@ def write(
                 line(f"{tag}:  ... {out['chunks']} chunks", rate)
                 next_report += report_every
     flush()
-    index.bump_revision()  # commit: what readers' keyword index follows
+    store.set_synced(account, store.counter("rev"), CHUNK_TOKENS)  # a complete fill
     out["cpu_s"] = cpu_seconds() + (cpu_seconds(pid) if pid else 0.0) - cpu0
     out["wall_s"] = time.perf_counter() - start
     return out
 
 
-def save_keyword_index(tag: str, index, what: str) -> None:
-    """Build and save the keyword index for the committed state, as a writer does
-    (qa.ingest._save_keyword_index → KeywordIndex.build), timed, with its parts."""
-    import qa.retrieval
-    from qa.retrieval import KeywordIndex
+def commit(tag: str, index, chunks: int, what: str) -> float:
+    """Commit the written state as the writer does (qa.ingest._commit: the keyword index is
+    saved first, updated from the last saved copy when it can be), timed, with its parts."""
+    import qa.keyword_index
+    from qa.ingest import IngestReport, _commit
+    from qa.keyword_index import KeywordIndex
 
     parts: dict[str, float] = {"read back": 0.0, "stem": 0.0}
-    stems = qa.retrieval.stems
+    full = []
+    stems, build = qa.keyword_index.stems, KeywordIndex.build_in_memory
 
     def timed(name, fn):
         def inner(*a, **k):
@@ -237,26 +266,28 @@ def save_keyword_index(tag: str, index, what: str) -> None:
 
         return inner
 
-    index.call = timed("read back", index.call)  # build's only Chroma calls: the reads
-    qa.retrieval.stems = timed("stem", stems)
-    revision, count = index.snapshot()
+    store, _ = record_of(index)
+    index.call = timed("read back", index.call)  # the save's Chroma calls: the reads
+    qa.keyword_index.stems = timed("stem", stems)
+    KeywordIndex.build_in_memory = lambda *a, **k: full.append(1) or build(*a, **k)
     try:
         t = time.perf_counter()
-        kw = KeywordIndex()
-        kw.build(index, revision, count)
+        _commit(index, store, IngestReport(chunks_written=chunks))
         total = time.perf_counter() - t
     finally:
         del index.call
-        qa.retrieval.stems = stems
+        qa.keyword_index.stems, KeywordIndex.build_in_memory = stems, build
+    revision, count = index.snapshot()
     rest = total - parts["read back"] - parts["stem"]
     line(
-        f"{tag}: {what}",
+        f"{tag}: {what} ({'full build' if full else 'update'})",
         f"{total:.1f} s (read back {parts['read back']:.1f}, stem {parts['stem']:.1f}, "
-        f"bm25s+idf+save {rest:.1f}); {count} chunks, vocab {len(kw.vocab)}",
+        f"bm25+idf+facets+save+commit {rest:.1f}); {count} chunks",
     )
     t = time.perf_counter()
     KeywordIndex().load_saved(index, revision, count)
     line(f"{tag}: keyword index load (what a reader does)", f"{time.perf_counter() - t:.1f} s")
+    return total
 
 
 def golden_recall(settings, k: int = 5) -> str:
@@ -332,7 +363,7 @@ def phase_ingest(args, settings, tag: str, pid: int | None) -> None:
         f"{tag}: ingest RSS (before keyword index)",
         f"{self_rss_mb():.0f} MB, peak {peak_rss_mb():.0f} MB",
     )
-    save_keyword_index(tag, index, "keyword index build+save (writer)")
+    commit(tag, index, w["chunks"], "commit + keyword index save (writer)")
     line(
         f"{tag}: ingest RSS (after keyword index)",
         f"{self_rss_mb():.0f} MB, peak {peak_rss_mb():.0f} MB",
@@ -347,8 +378,9 @@ def phase_keyword(args, settings, tag: str) -> None:
     index = open_index(settings)
     index.create()
     line(f"{tag}: chunks in the store", str(index.count()))
-    index.bump_revision()
-    save_keyword_index(tag, index, "keyword index build+save (writer)")
+    store, account = record_of(index)
+    store.set_synced(account, store.counter("rev"), CHUNK_TOKENS)
+    commit(tag, index, index.count(), "commit + keyword index save (writer)")
     line(f"{tag}: keyword build RSS", f"{self_rss_mb():.0f} MB, peak {peak_rss_mb():.0f} MB")
 
 
@@ -377,10 +409,11 @@ def phase_reader(args, settings, tag: str) -> None:
 
 
 def phase_grow(args, settings, tag: str) -> None:
-    """Add --grow more papers (ids 98xx.xxxxx), then the keyword index update a writer does
-    before committing them (today KeywordIndex.build: a full rebuild, read back from Chroma)."""
+    """Add --grow more papers (ids 98xx.xxxxx) and commit them as the writer does (its
+    keyword index update), then time a full build of the same state beside it."""
     from qa.corpus import load_corpus
     from qa.index import open_index
+    from qa.keyword_index import KeywordIndex
 
     real = load_corpus()
     index = open_index(settings)
@@ -397,7 +430,16 @@ def phase_grow(args, settings, tag: str) -> None:
         f"{tag}: +{args.grow:.0%} papers",
         f"{w['papers']} papers, {w['chunks']} chunks, {w['wall_s']:.1f} s",
     )
-    save_keyword_index(tag, index, "keyword index update (build+save)")
+    update = commit(tag, index, w["chunks"], "commit + keyword index save (writer)")
+    line(f"{tag}: grow RSS (after update)", f"{self_rss_mb():.0f} MB, peak {peak_rss_mb():.0f} MB")
+    revision, count = index.snapshot()
+    t = time.perf_counter()
+    KeywordIndex().build(index, revision, count)  # read every chunk back (no copy to update)
+    rebuild = time.perf_counter() - t
+    line(
+        f"{tag}: keyword index full build+save, same state",
+        f"{rebuild:.1f} s; the update took {update / rebuild:.2f}x of it",
+    )
     line(f"{tag}: grow RSS", f"{self_rss_mb():.0f} MB, peak {peak_rss_mb():.0f} MB")
 
 

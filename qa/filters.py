@@ -259,6 +259,32 @@ class ChunkFacets:
                 ok &= hit
         return ok
 
+    def select(self, keep: np.ndarray) -> ChunkFacets:
+        """The rows `keep` (bool per row) allows, renumbered in order (a keyword-index update
+        dropping the chunks of removed or re-written papers): numpy over all postings at once,
+        keys no row holds any more dropped."""
+        names = list(self.postings)
+        lists = [self.postings[n] for n in names]
+        counts = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+        rows = np.concatenate(lists) if lists else _NO_ROWS
+        owner = np.repeat(np.arange(len(names)), counts)
+        kept = keep[rows]
+        renumbered = (np.cumsum(keep, dtype=np.int64) - 1).astype(np.int32)[rows[kept]]
+        counts = np.bincount(owner[kept], minlength=len(names))
+        parts = np.split(renumbered, np.cumsum(counts)[:-1]) if names else []
+        postings = {n: part for n, part, c in zip(names, parts, counts.tolist(), strict=True) if c}
+        return ChunkFacets(self.published[keep], postings)
+
+    def extended(self, new: ChunkFacets) -> ChunkFacets:
+        """These rows, then `new`'s."""
+        postings = dict(self.postings)
+        shift = len(self.published)
+        for name, rows in new.postings.items():
+            rows = (rows + shift).astype(np.int32)
+            held = postings.get(name)
+            postings[name] = rows if held is None else np.concatenate([held, rows])
+        return ChunkFacets(np.concatenate([self.published, new.published]), postings)
+
     def save(self, path: Path) -> None:
         names = list(self.postings)
         lists = [self.postings[n] for n in names]

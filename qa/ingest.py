@@ -48,6 +48,7 @@ from qa.index import (
     paper_hash,
     target_of,
 )
+from qa.keyword_index import Held
 from qa.store import (
     BUNDLED,
     USER,
@@ -262,7 +263,7 @@ def _rebuild(settings: Settings, store: CorpusStore, report: IngestReport, progr
     _fill(new, store, report, progress)
     retired = [n for n in [*_retired(store, target), old] if n and n != name]
     count = new.count()
-    _save_keyword_index(new, store.generation() + 1, count)
+    _save_keyword_index(new, store, store.generation() + 1, count)
     generation = store.set_active(
         target,
         Active(name, new.model_id, count),
@@ -305,20 +306,38 @@ def _commit(
         return  # nothing new: readers keep their keyword index
     count = index.count()
     if keyword_index:  # a streamed ingest saves it once, after its last batch
-        _save_keyword_index(index, store.generation() + 1, count)
+        _save_keyword_index(index, store, store.generation() + 1, count)
     index.generation = store.set_active(target, Active(index.name, index.model_id, count))
     index.bump_revision()
 
 
-def _save_keyword_index(index: Index, generation: int, count: int) -> None:
-    """Build and save the keyword index for the state about to be committed (`generation`:
-    the writer lock is held, so no one else bumps it), so readers only ever load it."""
-    from qa.retrieval import KeywordIndex
+def _save_keyword_index(index: Index, store: CorpusStore, generation: int, count: int) -> bool:
+    """Save the keyword index for the state about to be committed (`generation`: the writer
+    lock is held, so no one else bumps it), so readers only ever load it: the latest saved
+    copy updated with the papers changed since, by the record's account of the collection
+    (a full build when it cannot be). Returns whether it was an update."""
+    from qa.keyword_index import KeywordIndex
 
     try:
-        KeywordIndex().build(index, generation, count)
+        return KeywordIndex().build(index, generation, count, _held(index, store, count))
     except IndexUnavailable as exc:  # readers build it themselves; only their start is slower
         log.warning("could not save the keyword index: %s", exc)
+        return False
+
+
+def _held(index: Index, store: CorpusStore, count: int) -> Held | None:
+    """What the record says the collection holds after a complete fill (None: an account that
+    does not match Chroma's count, or a paper not whole; the keyword index is then rebuilt)."""
+    coll = _coll(index.settings, index.name)
+    state = store.sync_state(coll)
+    if state is None or state.chunks != count or state.id != str(index.collection.id):
+        return None
+    papers: dict[str, tuple[str, int]] = {}
+    for key, digest, present, expected in store.held(coll):
+        if present != expected:
+            return None
+        papers[key] = (digest, present)
+    return Held(f"{state.id}|{state.tokens}|{store.resets(coll)}", papers)
 
 
 def _coll(settings: Settings, name: str) -> str:

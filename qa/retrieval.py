@@ -2,48 +2,34 @@
 
 BM25 finds method names and rare terms, the dense channel finds paraphrases; each candidate
 is scored in *both* channels (no zero for "not in the other top list"), then fused. The
-keyword index is derived from the documents Chroma holds and rebuilt when Chroma's revision
-stamp changes, so Chroma stays the one source of truth.
+keyword index (qa/keyword_index.py) is the one the writer saved for the committed state.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
-import os
 import re
-import shutil
 import threading
 import time
-import zipfile
-from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
-from functools import lru_cache
-from pathlib import Path
 from typing import Literal
 
-import bm25s
 import numpy as np
-import Stemmer
-from bm25s.stopwords import STOPWORDS_EN
 
 from qa.citations import ARXIV_ID as CITED_ID
 from qa.config import Settings, get_settings
 from qa.corpus import Paper
-from qa.filters import ChunkFacets, FilterMasks, Filters
+from qa.filters import FilterMasks, Filters
 from qa.index import Index, ensure_index, open_index, paper_from_metadata
-from qa.wording import american_spelling, normalize_question, split_scripts
+from qa.keyword_index import STALE_CHECK_SECONDS, KeywordIndex, stems
+from qa.wording import normalize_question
 
 log = logging.getLogger(__name__)
-logging.getLogger("bm25s").setLevel(logging.WARNING)  # it forces DEBUG on itself
 
 Mode = Literal["hybrid", "keyword", "dense"]
-STALE_CHECK_SECONDS = 2.0
 DENSE_OVERFETCH = 4  # filtered questions: neighbours asked for per candidate kept
 # Question embeddings run here, overlapped with the keyword search; a few threads so the UI's
 # concurrent questions do not queue behind one another.
@@ -80,237 +66,7 @@ class Hit:
         }
 
 
-# ---------------------------------------------------------------- keyword index
-
-
-_WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s' token pattern
-_STOPWORDS = frozenset(STOPWORDS_EN)
-_STEMMERS = threading.local()  # PyStemmer objects are not thread-safe
-
-
-# In the saved keyword index's name, so a new tokeniser rebuilds it (t2: scripts split,
-# British spellings folded).
-TOKENIZER = "t2"
-FACETS_FILE = "facets.npz"  # per-chunk dates and match keys (filters), beside the BM25 files
-
-
-def stems(text: str) -> list[str]:
-    """Lower-cased, stop-word-free, Snowball-stemmed words: the keyword index's tokens.
-
-    Scripts are split first, so a Latin term glued to CJK text (`什么是POMP`) is its own word,
-    and British spellings folded into American ones ("initialise" finds "initialize").
-    Words are folded and stemmed once each (cached): a corpus repeats its vocabulary, and
-    per-text regexes made stemming 3x slower (the keyword index build at 1M chunks).
-    """
-    text = text.lower()
-    if not text.isascii():  # only CJK/Thai text has script edges
-        text = split_scripts(text)
-    return [s for s in map(_stem, _WORD.findall(text)) if s]
-
-
-@lru_cache(maxsize=1 << 18)
-def _stem(word: str) -> str:
-    """A word's token ("" for a stop word); the spelling fold is per word, as on the text."""
-    word = american_spelling(word)
-    if word in _STOPWORDS:
-        return ""
-    stemmer = getattr(_STEMMERS, "stemmer", None)
-    if stemmer is None:
-        stemmer = _STEMMERS.stemmer = Stemmer.Stemmer("english")
-    return stemmer.stemWord(word)
-
-
-@dataclass
-class KeywordIndex:
-    """BM25 over the chunks Chroma holds, rebuilt when Chroma's revision changes."""
-
-    revision: int = -1
-    count: int = -1
-    ids: list[str] = field(default_factory=list)
-    row_of: dict[str, int] = field(default_factory=dict)
-    vocab: dict[str, int] = field(default_factory=dict)
-    model: bm25s.BM25 | None = None
-    idf: dict[str, float] = field(default_factory=dict)
-    max_idf: float = 1.0  # the weight of a question word no chunk has
-    checked_at: float = 0.0
-    writes: int = -1  # the Index's in-process write count at the last check
-    table: ChunkTable | None = None  # its chunks' vectors and texts, for small indexes
-    facets: ChunkFacets | None = None  # its chunks' dates and match keys, for filter masks
-
-    def chunk_table(self) -> ChunkTable | None:
-        """The in-memory chunk table of this state (None: not loaded, or made for the
-        state this object held before an in-place rebuild)."""
-        table = self.table
-        return table if table is not None and table.ids is self.ids else None
-
-    def rebuild(self, index: Index) -> None:
-        """Readers: load the saved index for the committed state, or build it in memory (a
-        reader never writes: only a writer's `build` saves one)."""
-        revision, count = index.snapshot()  # the last committed write, not one in progress
-        if not self.load_saved(index, revision, count):
-            self.build_in_memory(index, revision, count)
-
-    def load_saved(self, index: Index, revision: int, count: int) -> bool:
-        """Load the index a writer saved for this state (False when there is none)."""
-        return self._load(_cache_dir(index, revision, count), revision, count)
-
-    def build(self, index: Index, revision: int, count: int) -> None:
-        """Writers only: build the index for state (revision, count) and save it beside the
-        store (dropping older copies). A writer calls this before committing that state, so
-        readers load it instead of building it."""
-        self.build_in_memory(index, revision, count)
-        self._save(_cache_dir(index, revision, count))
-
-    def build_in_memory(self, index: Index, revision: int, count: int) -> None:
-        """Read every chunk back from Chroma and index it, writing nothing (what a reader does
-        for a state no writer saved an index for)."""
-        ids: list[str] = []
-        texts: list[str] = []
-        metadatas: list[dict | None] = []
-        for offset in range(0, count, 5000):
-            got = index.call(
-                index.collection.get,
-                include=["documents", "metadatas"],
-                limit=5000,
-                offset=offset,
-            )
-            ids += got["ids"]
-            texts += got["documents"]
-            metadatas += got["metadatas"]
-        self.facets = ChunkFacets.from_metadatas(metadatas)
-        del metadatas
-        vocab: dict[str, int] = {}
-        tokens = [[vocab.setdefault(w, len(vocab)) for w in stems(t)] for t in texts]
-        model = bm25s.BM25()
-        if texts:
-            model.index(bm25s.tokenization.Tokenized(ids=tokens, vocab=vocab), show_progress=False)
-        self.idf = self._idf(tokens, vocab)
-        self.max_idf = max(self.idf.values(), default=1.0)
-        self.ids, self.row_of, self.vocab, self.model = (
-            ids,
-            {c: i for i, c in enumerate(ids)},
-            vocab,
-            model,
-        )
-        self.revision, self.count = revision, count
-        self.checked_at = time.monotonic()
-        log.debug("keyword index rebuilt: %d chunks (revision %d)", count, revision)
-
-    def _save(self, cache: Path) -> None:
-        """Keep the index on disk so the next start skips the rebuild (a minute at 100k)."""
-        if not self.ids:
-            return
-        tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.model.save(str(tmp))
-            (tmp / "qa.json").write_text(json.dumps({"ids": self.ids, "idf": self.idf}))
-            if self.facets is not None:
-                self.facets.save(tmp / FACETS_FILE)
-            shutil.rmtree(cache, ignore_errors=True)  # an unreadable copy of the same state
-            os.replace(tmp, cache)
-            _drop_superseded(cache)
-        except OSError as exc:  # a read-only or full disk only costs the next start time
-            log.warning("could not save the keyword index to %s: %s", cache, exc)
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    def _load(self, cache: Path, revision: int, count: int) -> bool:
-        if not (cache / "qa.json").is_file():
-            return False
-        try:
-            extra = json.loads((cache / "qa.json").read_text())
-            model = bm25s.BM25.load(str(cache))
-            facets_file = cache / FACETS_FILE
-            facets = ChunkFacets.load(facets_file) if facets_file.is_file() else None
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-            log.warning("ignoring unreadable keyword index %s: %s", cache, exc)
-            return False
-        if len(extra["ids"]) != count:
-            return False
-        self.ids, self.idf, self.model, self.facets = extra["ids"], extra["idf"], model, facets
-        self.max_idf = max(self.idf.values(), default=1.0)
-        self.vocab = model.vocab_dict
-        self.row_of = {c: i for i, c in enumerate(self.ids)}
-        self.revision, self.count = revision, count
-        self.checked_at = time.monotonic()
-        return True
-
-    @staticmethod
-    def _idf(tokens: list[list[int]], vocab: dict[str, int]) -> dict[str, float]:
-        """Stem → BM25 idf, for weighting how much of a question a chunk covers."""
-        df = Counter(t for doc in tokens for t in set(doc))
-        n = len(tokens)
-        word = {i: w for w, i in vocab.items()}
-        return {word[i]: math.log(1 + (n - c + 0.5) / (c + 0.5)) for i, c in df.items()}
-
-    def coverage(self, query_stems: set[str], text: str, chunk_id: str | None = None) -> float:
-        """IDF-weighted share of the query's words present in `text`; unknown words weigh most.
-
-        A question whose rare words appear nowhere in the corpus ("protein folding") gets a
-        low coverage even when its common words ("graph", "network") match.
-        """
-        if not query_stems:
-            return 0.0
-        weight = {w: self.idf.get(w, self.max_idf) for w in query_stems}
-        row = self.row_of.get(chunk_id) if chunk_id else None
-        if row is None or self.model is None:
-            found = query_stems & set(stems(text))
-        else:  # the chunk's words are in the BM25 matrix already: no re-stemming on the hot path
-            found = {w for w in query_stems if self._has(w, row)}
-        return sum(weight[w] for w in found) / sum(weight.values())
-
-    def _has(self, stem: str, row: int) -> bool:
-        """Whether chunk `row` contains `stem`: a look-up in the BM25 matrix's column for it
-        (bm25s keeps it column-compressed with sorted row indices)."""
-        token = self.vocab.get(stem)
-        if token is None:
-            return False
-        matrix = self.model.scores
-        rows = matrix["indices"][matrix["indptr"][token] : matrix["indptr"][token + 1]]
-        at = int(np.searchsorted(rows, row))
-        return at < len(rows) and int(rows[at]) == row
-
-    def refresh(self, index: Index) -> None:
-        """Rebuild if Chroma changed since the last build (checked at most every 2 s)."""
-        recent = time.monotonic() - self.checked_at < STALE_CHECK_SECONDS
-        if self.model is not None and recent and index.writes == self.writes:
-            return  # other processes' writes are seen within STALE_CHECK_SECONDS; ours at once
-        if self.model is None or index.snapshot() != (self.revision, self.count):
-            self.rebuild(index)
-        self.checked_at = time.monotonic()
-        self.writes = index.writes
-
-    def scores(self, query_stems: list[str]) -> np.ndarray:
-        """BM25 score of every chunk for the query (zeros when no query word is known)."""
-        ids = [self.vocab[w] for w in query_stems if w in self.vocab]
-        if self.model is None or not self.ids or not ids:
-            return np.zeros(len(self.ids), dtype=np.float32)
-        return np.asarray(self.model.get_scores(ids), dtype=np.float32)
-
-
-def _drop_superseded(cache: Path) -> None:
-    """Delete saved keyword indexes older than the one before `cache`: a writer saves the
-    next state's before committing it, and readers may still load the current one."""
-    prefix, _, rest = cache.name.rpartition("-r")
-    revision = int(rest.split("-n", 1)[0])
-    for old in cache.parent.glob(f"{prefix}-r*"):
-        if ".tmp-" in old.name:  # a save in progress
-            continue
-        try:
-            theirs = int(old.name.rpartition("-r")[2].split("-n", 1)[0])
-        except ValueError:
-            continue
-        if theirs < revision - 1:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _cache_dir(index: Index, revision: int, count: int) -> Path:
-    """Where the keyword index for this collection state lives (hidden: not Chroma's)."""
-    where = index.settings.chroma_url or "embedded"
-    key = f"{where}|{index.settings.collection}|{TOKENIZER}"
-    tag = hashlib.sha1(key.encode()).hexdigest()[:10]
-    return index.settings.persist_dir / ".keyword-index" / f"{tag}-r{revision}-n{count}"
+# ---------------------------------------------------------------- chunk table
 
 
 @dataclass(frozen=True, eq=False)

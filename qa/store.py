@@ -432,16 +432,24 @@ class CorpusStore:
             _put_state(conn, coll, state)
 
     def reset_indexed(self, coll: str, state: SyncState) -> None:
-        """Forget what `coll` was thought to hold (a reconciliation refills it from Chroma)."""
+        """Forget what `coll` was thought to hold (a reconciliation refills it from Chroma),
+        counted in `resets(coll)`."""
         with self._write() as conn:
             conn.execute("DELETE FROM indexed WHERE coll = ?", (coll,))
             _put_state(conn, coll, state)
+            _set(conn, f"resets:{coll}", _counter(conn, f"resets:{coll}") + 1)
+
+    def resets(self, coll: str) -> int:
+        """How often `coll`'s account was read again from Chroma: a saved keyword index from
+        before the last time is rebuilt, never updated."""
+        return self.counter(f"resets:{coll}")
 
     def forget_collection(self, coll: str) -> None:
         """A deleted collection: drop its rows and state."""
         with self._write() as conn:
             conn.execute("DELETE FROM indexed WHERE coll = ?", (coll,))
-            conn.execute("DELETE FROM meta WHERE name = ?", (f"synced:{coll}",))
+            names = (f"synced:{coll}", f"resets:{coll}")
+            conn.execute("DELETE FROM meta WHERE name IN (?, ?)", names)
 
     def count_changed(self, rev: int) -> int:
         if not self.exists():
@@ -481,6 +489,15 @@ class CorpusStore:
                 for key, *row in conn.execute(query, [coll, *part]):
                     found[key] = tuple(row)
         return found
+
+    def held(self, coll: str) -> Iterator[tuple[str, str, int, int]]:
+        """(key, hash, present, expected) of every paper `coll` holds (one indexed scan)."""
+        if not self.exists():
+            return
+        with self._read() as conn:
+            yield from conn.execute(
+                "SELECT key, hash, present, expected FROM indexed WHERE coll = ?", (coll,)
+            )
 
     def mark_indexed(self, coll: str, rows: list[tuple[str, str, int, str]]) -> None:
         """After their chunks were written: (key, hash, chunks, sources) of whole papers."""

@@ -332,17 +332,17 @@ def test_keyword_index_survives_a_new_process_view(small_index):
 
 def test_keyword_index_is_saved_and_reloaded_without_retokenising(seeded, monkeypatch):
     """The next process loads BM25 from disk instead of rebuilding it (a minute at 100k)."""
-    import qa.retrieval as retrieval
+    import qa.keyword_index as keyword_index
     from qa.index import open_index
 
     qa.retrieve("What is POMP?", k=3)  # builds (or loads) and saves the keyword index
     index = open_index()
-    fresh = retrieval.KeywordIndex()
-    monkeypatch.setattr(retrieval, "stems", _no_stemming)
+    fresh = keyword_index.KeywordIndex()
+    monkeypatch.setattr(keyword_index, "stems", _no_stemming)
     fresh.refresh(index)  # must come from the saved copy: stemming would raise
     monkeypatch.undo()
     assert fresh.count == index.count() and len(fresh.ids) == fresh.count
-    scores = fresh.scores(retrieval.stems("POMP prompt pre-training"))
+    scores = fresh.scores(keyword_index.stems("POMP prompt pre-training"))
     assert fresh.ids[int(scores.argmax())].startswith("2304.04704#")
 
 
@@ -350,17 +350,17 @@ def test_keyword_index_is_saved_and_reloaded_without_retokenising(seeded, monkey
 @pytest.mark.parametrize("garbled", ["not json", "cut short"])
 def test_unreadable_saved_keyword_index_is_built_in_memory_and_left_alone(seeded, damaged, garbled):
     """A reader never writes: it builds the index in memory and leaves the file to writers."""
-    import qa.retrieval as retrieval
+    import qa.keyword_index as keyword_index
     from qa.index import open_index
 
     qa.retrieve("What is POMP?", k=3)
     index = open_index()
-    cache = retrieval._cache_dir(index, index.revision(), index.count())
+    cache = keyword_index._cache_dir(index, index.revision(), index.count())
     saved = (cache / damaged).read_bytes()
     try:
         bad = b"{not json, not a zip" if garbled == "not json" else saved[: len(saved) // 2]
         (cache / damaged).write_bytes(bad)
-        fresh = retrieval.KeywordIndex()
+        fresh = keyword_index.KeywordIndex()
         fresh.refresh(index)
         assert len(fresh.ids) == index.count()
         assert fresh.facets is not None and len(fresh.facets.published) == index.count()
@@ -377,18 +377,18 @@ def _no_stemming(text: str) -> list[str]:
 def test_coverage_from_the_bm25_matrix_equals_restemming_the_text(seeded, loaded):
     """The hot path reads which question words a chunk has from the BM25 matrix; it must
     agree with stemming the chunk's text, for every chunk, in a built and a reloaded index."""
-    import qa.retrieval as retrieval
+    import qa.keyword_index as keyword_index
 
     qa.retrieve("What is POMP?", k=3)  # the saved copy exists
     index = open_index()
-    kw = retrieval.KeywordIndex()
+    kw = keyword_index.KeywordIndex()
     if loaded:
         kw.refresh(index)
     else:
         kw._load = lambda *a: False  # type: ignore[method-assign]  # build from the documents
         kw.rebuild(index)
     got = index.collection.get(include=["documents"])
-    question = set(retrieval.stems("prompt pre-training of language models for graph data"))
+    question = set(keyword_index.stems("prompt pre-training of language models for graph data"))
     question.add("zzzunseenword")
     pairs = list(zip(got["ids"], got["documents"], strict=True))
     for cid, text in pairs:
@@ -410,10 +410,10 @@ def test_reader_loads_the_keyword_index_another_process_saved_and_never_builds(
     import sys
     from pathlib import Path
 
-    import qa.retrieval as retrieval
+    import qa.keyword_index as keyword_index
 
     assert _keys("zorbulation") == []  # warm: this reader has a keyword index
-    monkeypatch.setattr(retrieval.KeywordIndex, "build_in_memory", _no_build)
+    monkeypatch.setattr(keyword_index.KeywordIndex, "build_in_memory", _no_build)
     new = tmp_path / "new.jsonl"
     paper = _paper("zorbulation")
     new.write_text(json.dumps({"title": paper.title, "abstract": paper.abstract}) + "\n")
@@ -427,7 +427,7 @@ def test_reader_loads_the_keyword_index_another_process_saved_and_never_builds(
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    time.sleep(retrieval.STALE_CHECK_SECONDS + 0.2)
+    time.sleep(keyword_index.STALE_CHECK_SECONDS + 0.2)
     hits = qa.retrieve("zorbulation", k=3, mode="keyword")
     assert [h.paper.title for h in hits] == [paper.title]
 
@@ -437,19 +437,19 @@ def test_state_committed_without_a_keyword_index_is_built_in_the_background(
 ):
     """A committed state with no saved keyword index (a streamed ingest's batches): questions
     keep being answered from the previous one while it is built beside them, then switch."""
-    import qa.retrieval as retrieval
+    import qa.keyword_index as keyword_index
 
     assert _keys("quintaflex") == []
     release = threading.Event()
     started = threading.Event()
-    build = retrieval.KeywordIndex.build_in_memory
+    build = keyword_index.KeywordIndex.build_in_memory
 
     def slow_build(self, index, revision, count):
         started.set()
         assert release.wait(timeout=60)
         return build(self, index, revision, count)
 
-    monkeypatch.setattr(retrieval.KeywordIndex, "build_in_memory", slow_build)
+    monkeypatch.setattr(keyword_index.KeywordIndex, "build_in_memory", slow_build)
     build_index([_paper("quintaflex")], progress=False, keyword_index=False)
     assert _keys("quintaflex") == []  # answered at once, from the previous keyword index
     assert started.wait(timeout=30)  # while the new one is being built
@@ -470,7 +470,7 @@ def test_stems_per_word_equal_the_whole_text_pipeline():
     spellings, drop stop words, Snowball-stem."""
     import Stemmer
 
-    from qa.retrieval import _STOPWORDS, _WORD, stems
+    from qa.keyword_index import _STOPWORDS, _WORD, stems
     from qa.wording import american_spelling, split_scripts
 
     stemmer = Stemmer.Stemmer("english")
