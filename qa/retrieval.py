@@ -8,6 +8,7 @@ keyword index (qa/keyword_index.py) is the one the writer saved for the committe
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["hybrid", "keyword", "dense"]
 DENSE_OVERFETCH = 4  # filtered questions: neighbours asked for per candidate kept
+DENSE_WIDEST = 4000  # the most neighbours one unfiltered query asks for before a `where`
 # Question embeddings run here, overlapped with the keyword search; a few threads so the UI's
 # concurrent questions do not queue behind one another.
 _EMBED_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="qa-query-embed")
@@ -273,6 +275,36 @@ class Retriever:
             cid: 1.0 - dist for cid, dist in zip(got["ids"][0], got["distances"][0], strict=True)
         }
 
+    def _allowed_neighbours(
+        self,
+        vector: list[float],
+        near: dict[str, float],
+        asked: int,
+        n: int,
+        keyword: KeywordResult,
+        filters: Filters,
+    ) -> dict[str, float]:
+        """The `n` nearest chunks `filters` allows, from unfiltered neighbours when they hold
+        enough: first the over-fetched ones (`near`, `asked` for), then one query widened by
+        the share of them the filter allowed (DENSE_WIDEST when none). Only a filter narrower
+        than that is asked of Chroma with `where`, which reads every matching chunk's metadata
+        first: p95 4.4 s for a date filter at 666k chunks."""
+
+        def kept(cos: dict[str, float]) -> dict[str, float]:
+            allowed = sorted((c for c in cos if keyword.allows(c)), key=lambda c: -cos[c])
+            return {c: cos[c] for c in allowed[:n]}
+
+        cos = kept(near)
+        if len(cos) < n and len(near) >= asked:  # fewer came back: the collection is all here
+            share = len(cos) / len(near)
+            wider = min(DENSE_WIDEST, math.ceil(2 * n / share)) if cos else DENSE_WIDEST
+            if wider > len(near):
+                near, asked = self.dense_candidates(vector, wider), wider
+                cos = kept(near)
+        if len(cos) < n and len(near) >= asked:
+            cos = self.dense_candidates(vector, n, filters)
+        return cos
+
     def _dense(
         self, query: str, n: int, filters: Filters | None
     ) -> tuple[list[float], dict[str, float]]:
@@ -307,7 +339,7 @@ class Retriever:
         # (benchmarks/retrieve_vs_naive.py).
         # With filters the dense side asks for more neighbours without a Chroma `where` and
         # keeps the allowed ones (measured at 175k chunks: a `where` on the date cost ~0.5 s
-        # per query); a filter too narrow to leave n of them is asked of Chroma with `where`.
+        # per query); see _allowed_neighbours.
         wide = n * DENSE_OVERFETCH if filters else n
         pending = _EMBED_POOL.submit(self._dense, query, wide, None) if mode != "keyword" else None
         query_stems = stems(query)
@@ -319,10 +351,7 @@ class Retriever:
         stored = self.vectors(list(top_kw), keyword.table) if pending else {}
         vector, cos = pending.result() if pending else (None, {})
         if filters and vector is not None:
-            allowed = sorted((c for c in cos if keyword.allows(c)), key=lambda c: -cos[c])
-            cos = {c: cos[c] for c in allowed[:n]}
-            if len(cos) < n:
-                cos = self.dense_candidates(vector, n, filters)
+            cos = self._allowed_neighbours(vector, cos, wide, n, keyword, filters)
 
         chunk_ids = set(top_kw) | set(cos)
         if vector is not None:

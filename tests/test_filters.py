@@ -308,8 +308,40 @@ def test_dense_side_without_where_gives_what_the_where_query_gives(index_env, gi
 
     wide = [[h.paper.key for h in qa.retrieve(q, k=5, **given)] for q in QUESTIONS]
     monkeypatch.setattr(retrieval, "DENSE_OVERFETCH", 0)
+    monkeypatch.setattr(retrieval, "DENSE_WIDEST", 0)
     narrow = [[h.paper.key for h in qa.retrieve(q, k=5, **given)] for q in QUESTIONS]
     assert wide == narrow
+
+
+def test_a_widened_query_replaces_most_where_queries_with_the_same_hits(index_env, monkeypatch):
+    """When the over-fetched neighbours hold too few allowed chunks, one unfiltered query
+    widened by the share they allowed comes first (a `where` reads every matching chunk's
+    metadata: seconds at ~1M chunks); hits equal those of the `where` path."""
+    import qa.retrieval as retrieval
+
+    wheres = []
+    dense = retrieval.Retriever.dense_candidates
+
+    def spy(self, vector, n, filters=None):
+        wheres.append(filters is not None)
+        return dense(self, vector, n, filters)
+
+    monkeypatch.setattr(retrieval.Retriever, "dense_candidates", spy)
+    monkeypatch.setattr(retrieval, "DENSE_OVERFETCH", 1)  # the first neighbours rarely do
+
+    def hits() -> list[list[str]]:
+        return [
+            [h.paper.key for h in qa.retrieve(q, k=5, mode="dense", **given)]
+            for given in FILTERS
+            for q in QUESTIONS
+        ]
+
+    widened = hits()
+    widened_wheres, calls = sum(wheres), len(wheres)
+    monkeypatch.setattr(retrieval, "DENSE_WIDEST", 0)  # no widening: the `where` path
+    wheres.clear()
+    assert hits() == widened
+    assert widened_wheres < sum(wheres) / 2, (widened_wheres, sum(wheres), calls)
 
 
 @pytest.mark.parametrize(
