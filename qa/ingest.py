@@ -339,23 +339,22 @@ def _fill(index: Index, store: CorpusStore, report: IngestReport, progress: bool
             _progress(store.count_changed(since), progress) as bar,
             ThreadPoolExecutor(1, thread_name_prefix="qa-ingest-embed") as pool,
         ):
-            # The next batch is chunked and embedded (in the worker) while this one is
-            # written: the embedder never waits on Chroma. Two batches at most in memory.
+            # The next batch is embedded (in the worker) while this one is written: the
+            # embedder never waits on Chroma. It is chunked here, before this batch's upsert:
+            # Chroma holds the GIL through an upsert, so a worker that chunked first would
+            # sit idle until the upsert ended. Two batches at most in memory.
             todo = _changed(index, store, coll, since, bar.update)
             rate = _ChunkRate()
             pending: Future | None = None
-
-            def write(prepared: Prepared) -> None:
-                rate.note(prepared.papers, len(prepared.chunks))
-                bar.update(_write_batch(index, store, coll, prepared, report))
-
             for batch in _batches(todo, WRITE_BATCH, rate.per_paper):
-                following = pool.submit(_prepare, index, embedder, batch, report)
+                prepared = _chunk_batch(index, batch, report)
+                rate.note(prepared.papers, len(prepared.chunks))
+                following = pool.submit(_embed, embedder, prepared)
                 if pending:
-                    write(pending.result())
+                    bar.update(_write_batch(index, store, coll, pending.result(), report))
                 pending = following
             if pending:
-                write(pending.result())
+                bar.update(_write_batch(index, store, coll, pending.result(), report))
         if removals:
             _prune(index, store, coll, report)
         store.set_synced(coll, head, index.settings.chunk_tokens)
@@ -444,8 +443,8 @@ def _merge_sources(index: Index, relabel: list[tuple[Paper, Stored]]) -> list[tu
 
 @dataclass
 class _ChunkRate:
-    """Chunks per paper written so far: how many papers make an upsert of `WRITE_BATCH`
-    chunks (papers are batched before they are chunked)."""
+    """Chunks per paper so far: how many papers make an upsert of `WRITE_BATCH` chunks
+    (papers are batched before they are chunked)."""
 
     papers: int = 0
     chunks: int = 0
@@ -474,14 +473,14 @@ def _batches(todo: Iterable, max_chunks: int, per_paper: Callable[[], float]) ->
 
 @dataclass
 class Prepared:
-    """One batch's chunks, ready to embed, the old chunks it makes stale, and the papers'
-    account for the record once written: (key, hash, chunks, sources)."""
+    """One batch's chunks, their vectors once embedded, the old chunks it makes stale, and
+    the papers' account for the record once written: (key, hash, chunks, sources)."""
 
     papers: int
     chunks: list[Chunk]
     stale: list[str]
-    vectors: list[list[float]]
     marks: list[tuple]
+    vectors: list[list[float]] = field(default_factory=list)
 
 
 _WHITESPACE = re.compile(r"[ \t\n\r]+")  # always a boundary between WordPiece tokens
@@ -518,8 +517,8 @@ def _batch_length(papers: list[Paper]) -> Callable[[str], int]:
     return length
 
 
-def _prepare(index: Index, embedder: Embeddings, batch: list, report: IngestReport) -> Prepared:
-    """Chunk and embed one batch (in the ingest worker, one batch at a time)."""
+def _chunk_batch(index: Index, batch: list, report: IngestReport) -> Prepared:
+    """Chunk one batch of (paper, what the collection holds for it)."""
     chunks: list[Chunk] = []
     stale: list[str] = []
     marks: list[tuple] = []
@@ -539,8 +538,13 @@ def _prepare(index: Index, embedder: Embeddings, batch: list, report: IngestRepo
             stale += [f"{paper.key}#{i}" for i in range(len(new), max(have.present, have.expected))]
         else:
             report.added += 1
-    vectors = embedder.embed_documents([c.text for c in chunks])
-    return Prepared(len(batch), chunks, stale, vectors, marks)
+    return Prepared(len(batch), chunks, stale, marks)
+
+
+def _embed(embedder: Embeddings, prepared: Prepared) -> Prepared:
+    """Embed one chunked batch (in the ingest worker, one batch at a time)."""
+    prepared.vectors = embedder.embed_documents([c.text for c in prepared.chunks])
+    return prepared
 
 
 def _write_batch(
