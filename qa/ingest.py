@@ -495,24 +495,38 @@ def _batch_length(papers: list[Paper]) -> Callable[[str], int]:
     ("the", "model,"), so each distinct piece is tokenized once (the batch's new ones in one
     `encode_batch` call) and a text's length is a sum of look-ups. The splitter asks for each
     sentence's length two or three times; one tokenizer call each was ~0.5 ms of CPU per
-    abstract, most of what our pipeline adds to Chroma's own work."""
+    abstract, most of what our pipeline adds to Chroma's own work. Those repeats are answered
+    from a memo of the batch's texts, and a text whose pieces are all kept is summed in one
+    `map` (chunking 3,000 papers: 0.67–0.86 → 0.52–0.65 s of CPU, same chunks)."""
     texts = (t for p in papers for t in (p.title, p.abstract))
     new = list({w for t in texts for w in _WHITESPACE.split(t) if w and w not in _PIECES})
     batch = dict(zip(new, token_lengths(new), strict=True)) if new else {}
+    batch[""] = 0  # what a split yields at a text's leading or trailing whitespace
     if len(_PIECES) + len(batch) <= PIECES_KEPT:
         _PIECES.update(batch)
+    memo: dict[str, int] = {}
+
+    def pieces_length(pieces: list[str]) -> int:
+        total = 0
+        for piece in pieces:
+            n = _PIECES.get(piece)
+            if n is None:
+                n = batch.get(piece)
+                if n is None:  # a piece of a piece (the splitter's last resort)
+                    n = batch[piece] = token_length(piece)
+            total += n
+        return total
 
     def length(text: str) -> int:
-        total = 0
-        for piece in _WHITESPACE.split(text):
-            if piece:
-                n = _PIECES.get(piece)
-                if n is None:
-                    n = batch.get(piece)
-                    if n is None:  # a piece of a piece (the splitter's last resort)
-                        n = batch[piece] = token_length(piece)
-                total += n
-        return total
+        n = memo.get(text)
+        if n is None:
+            pieces = _WHITESPACE.split(text)
+            try:
+                n = sum(map(_PIECES.__getitem__, pieces))
+            except KeyError:
+                n = pieces_length(pieces)
+            memo[text] = n
+        return n
 
     return length
 
