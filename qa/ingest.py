@@ -454,7 +454,7 @@ class _ChunkRate:
         self.chunks += chunks
 
     def per_paper(self) -> float:
-        return self.chunks / self.papers if self.papers else 2.0  # before the first write
+        return self.chunks / self.papers if self.papers else 2.0  # before any is chunked
 
 
 def _batches(todo: Iterable, max_chunks: int, per_paper: Callable[[], float]) -> Iterator[list]:
