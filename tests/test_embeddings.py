@@ -361,6 +361,11 @@ def test_server_embeddings_run_concurrently_and_retry_without_loss_or_duplicates
     assert sorted(handler.answered) == sorted(texts)  # each batch embedded exactly once
     assert handler.served > 14  # 14 batches, some refused and retried
     assert 2 <= handler.most_in_flight <= 4  # several in flight, never above the setting
+    # the request threads are started once per process, not per call (per ingest batch)
+    workers = {t.ident for t in threading.enumerate() if t.name.startswith("qa-embed")}
+    assert model.embed_documents(texts[:9]) == [pytest.approx(fake_vector(t)) for t in texts[:9]]
+    assert {t.ident for t in threading.enumerate() if t.name.startswith("qa-embed")} == workers
+    assert 2 <= len(workers) <= 4
 
 
 def test_server_that_keeps_failing_names_the_setting(flaky_server, monkeypatch):

@@ -205,8 +205,35 @@ def test_batch_token_counts_give_the_same_chunks(monkeypatch):
         assert bool(qa.ingest._PIECES) == (cap > 50)
         for paper in papers:
             assert length(paper.abstract) == token_length(paper.abstract), paper.key
+            padded = f" {paper.abstract}\n"  # empty pieces at both ends of the split
+            assert length(padded) == length(padded) == token_length(padded), paper.key
             for size in (256, 128):
                 assert chunk_paper(paper, size, length) == chunk_paper(paper, size), paper.key
+
+
+def test_upserts_are_filled_to_the_write_batch_at_the_chunks_per_paper_seen(monkeypatch):
+    """Papers are batched before they are chunked; after the first batches, the number of
+    papers per upsert follows the chunks per paper seen so far, so each upsert holds about
+    WRITE_BATCH chunks (Chroma's upsert costs per call), whole papers, every paper once."""
+    import chromadb
+
+    monkeypatch.setattr(qa.ingest, "WRITE_BATCH", 12)
+    sizes: list[int] = []
+    upsert = chromadb.api.models.Collection.Collection.upsert
+
+    def spy(self, *args, **kwargs):
+        sizes.append(len(kwargs["ids"]))
+        return upsert(self, *args, **kwargs)
+
+    monkeypatch.setattr(chromadb.api.models.Collection.Collection, "upsert", spy)
+    papers = [  # one chunk each
+        Paper(key=f"short{i}", arxiv_id=None, title=f"Note {i}", abstract=f"Short note {i}.")
+        for i in range(60)
+    ]
+    report = build_index(papers, progress=False)
+    # the first batch is made before any paper is chunked (2 chunks a paper assumed)
+    assert sizes == [6, 12, 12, 12, 12, 6]
+    assert report.added == 60 and stored_ids() == expected_ids(papers)
 
 
 # ---------------------------------------------------------------- a kill mid-stream

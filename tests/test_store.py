@@ -59,6 +59,48 @@ def test_paper_round_trips_with_every_field(tmp_path):
     assert store.origins() == {"2401.00001": USER}
 
 
+def test_paper_to_dict_copies_lists(tmp_path):
+    p = paper("2401.00001", A, "2401.00001", authors=["Ada"], categories=["cs.CL"])
+    data = paper_to_dict(p)
+    assert data == dataclasses.asdict(p)
+    data["authors"].append("Bob")
+    data["sources"].clear()
+    assert p.authors == ["Ada"] and p.sources == ["f.jsonl"]
+
+
+def test_a_writer_holds_one_connection_and_commits_each_transaction(tmp_path, monkeypatch):
+    """`held_open` (a write under the writer lock): one connection for the whole run, no
+    set-up or WAL checkpoint per transaction, yet every transaction is committed when it
+    returns (another connection, or the next process after a kill -9, sees it); a failed one
+    is rolled back and the next works; another thread uses a connection of its own."""
+    import threading
+
+    store = CorpusStore(tmp_path / "corpus.sqlite3")
+    connect = sqlite3.connect
+    opened: list[str] = []
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: opened.append(str(a[0])) or
+                        connect(*a, **k))  # fmt: skip
+    with store.held_open():
+        store.add([paper("a", A)])
+        with store.held_open():  # re-entrant
+            store.add([paper("b", B)])
+        outside = connect(store.path)
+        assert outside.execute("SELECT count(*) FROM papers").fetchone()[0] == 2
+        with pytest.raises(RuntimeError), store._write() as conn:
+            conn.execute("DELETE FROM papers")
+            raise RuntimeError("killed half-way")
+        assert store.count() == 2 and [p.key for p in store.papers()] == ["a", "b"]
+        assert len(opened) == 1  # every write and read above went through one connection
+        thread = threading.Thread(target=lambda: store.add([paper("c", C)]))
+        thread.start()
+        thread.join()
+        assert len(opened) == 2 and store.count() == 3
+        assert outside.execute("SELECT count(*) FROM papers").fetchone()[0] == 3
+        outside.close()
+    store.add([paper("d", "Delta doodads.")])  # after it: a connection per transaction again
+    assert len(opened) == 3 and store.count() == 4
+
+
 def test_reading_an_absent_record_creates_nothing(tmp_path):
     store = CorpusStore(tmp_path / "nothing" / "corpus.sqlite3")
     assert store.papers() == [] and store.count() == 0 and store.generation() == 0
