@@ -53,14 +53,6 @@ class Settings(BaseSettings):
     # index
     persist_dir: Path = Field(PROJECT_ROOT / "vectorstore", description="Embedded Chroma path.")
     chroma_url: str | None = Field(None, description="Chroma server URL; embedded when unset.")
-    hnsw_sync_threshold: int = Field(
-        1000,
-        ge=100,
-        le=1_000_000,
-        description="Vectors a writer adds before Chroma writes its vector index (HNSW) to "
-        "disk (Chroma's default 1,000). Each write rewrites index files that grow with the "
-        "collection: raise it for ingests of hundreds of thousands of chunks.",
-    )
     chroma_timeout: float = Field(
         60.0,
         gt=0,

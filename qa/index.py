@@ -484,7 +484,6 @@ class Index:
         self.client = make_client(settings)
         self._system = _chroma_system(self.client)
         self._retired_systems: list = []
-        self._tuned = False  # the writer's HNSW setting applied (create)
         self.pinned = name is not None  # a collection being built: never follows the pointer
         self.name = name or self._active_name()
         self._collection = self._open_collection(create)
@@ -495,7 +494,6 @@ class Index:
 
     def _open_collection(self, create: bool) -> chromadb.Collection | None:
         """The collection (created when `create`), or None when it does not exist yet."""
-        sync = self.settings.hnsw_sync_threshold
         try:
             if create:
                 return self.client.get_or_create_collection(
@@ -505,7 +503,7 @@ class Index:
                         "embedding_spec": self.settings.embeddings,
                         "revision": 0,
                     },
-                    configuration={"hnsw": {"space": "cosine", "sync_threshold": sync}},
+                    configuration={"hnsw": {"space": "cosine"}},
                     embedding_function=None,
                 )
             return self.client.get_collection(self.name, embedding_function=None)
@@ -528,16 +526,9 @@ class Index:
         return self._collection
 
     def create(self) -> None:
-        """Writers only: create the collection if it does not exist, and give an existing one
-        the writer's QA_HNSW_SYNC_THRESHOLD (once per handle; readers never change it)."""
+        """Writers only: create the collection if it does not exist."""
         if self._collection is None:
             self._collection = self._open_collection(create=True)
-        elif not self._tuned:
-            sync = self.settings.hnsw_sync_threshold
-            hnsw = (self._collection.configuration_json or {}).get("hnsw") or {}
-            if hnsw.get("sync_threshold", sync) != sync:
-                self.call(self._collection.modify, configuration={"hnsw": {"sync_threshold": sync}})
-        self._tuned = True
 
     def sync(self) -> None:
         """Pick up what a writer committed since (new papers, a switched collection).

@@ -233,27 +233,6 @@ def test_full_seeds_build_is_served_from_the_vector_cache(seeded_factory):
     assert report.seconds < 60
 
 
-def _sync_threshold() -> int:
-    reset_qa_caches()
-    collection = open_index().collection
-    return (collection.configuration_json or {})["hnsw"]["sync_threshold"]
-
-
-def test_writers_set_the_vector_index_sync_threshold_readers_leave_it(index_mode, monkeypatch):
-    papers = small_corpus(3)
-    monkeypatch.setenv("QA_HNSW_SYNC_THRESHOLD", "5000")
-    reset_qa_caches()
-    build_index(papers, progress=False)
-    assert _sync_threshold() == 5000, "a new collection is created with the setting"
-    monkeypatch.setenv("QA_HNSW_SYNC_THRESHOLD", "20000")
-    reset_qa_caches()
-    assert qa.retrieve(papers[0].title, k=1)[0].paper.key == papers[0].key
-    assert _sync_threshold() == 5000, "a read changes nothing"
-    reset_qa_caches()
-    build_index(papers[:1], progress=False)
-    assert _sync_threshold() == 20000, "the next writer applies a changed setting"
-
-
 def test_changed_paper_is_updated_and_stale_chunks_removed(index_mode):
     papers = small_corpus()
     build_index(papers, progress=False)
