@@ -491,9 +491,6 @@ def main() -> None:
         help="run one phase on the store in --dir (the driver runs them all in order)",
     )
     parser.add_argument("--dir", type=Path, help="the store of --phase (printed with --keep)")
-    parser.add_argument(
-        "--hnsw-sync", type=int, help="QA_HNSW_SYNC_THRESHOLD (default: the setting's default)"
-    )
     parser.add_argument("--chroma-timeout", type=float, help="QA_CHROMA_TIMEOUT, seconds")
     parser.add_argument(
         "--resume",
@@ -503,7 +500,7 @@ def main() -> None:
     parser.add_argument("--url", help="with --phase: the `chroma run` server's URL")
     args = parser.parse_args()
 
-    default_settings(hnsw_sync_threshold=args.hnsw_sync, chroma_timeout=args.chroma_timeout)
+    default_settings(chroma_timeout=args.chroma_timeout)
     if args.phase:
         from qa.config import Settings
 
