@@ -304,7 +304,11 @@ def golden_recall(settings, k: int = 5) -> str:
 
 
 def filtered_latency(tag: str, settings, label: str, rounds: int, **filters) -> None:
-    """`qa.retrieve` with a filter (the arXiv-corpora issue's): first use, then warm."""
+    """`qa.retrieve` with a filter (the arXiv-corpora issue's): first use, then warm; then
+    the same questions with no widened dense query (DENSE_WIDEST=0: straight to Chroma's
+    `where` when the over-fetched neighbours hold too few allowed chunks, the previous path),
+    with how many `where` queries each made and whether the hits agree."""
+    import qa.retrieval as retrieval
     from qa.retrieval import retrieve
 
     qs = questions()
@@ -313,14 +317,36 @@ def filtered_latency(tag: str, settings, label: str, rounds: int, **filters) -> 
     line(
         f"{tag}: retrieve, {label}, first use", f"{time.perf_counter() - t:.2f} s, {len(hits)} hits"
     )
-    times, short = [], 0
-    for _ in range(rounds):
-        for q in qs:
-            t = time.perf_counter()
-            hits = retrieve(q, settings=settings, **filters)
-            times.append(time.perf_counter() - t)
-            short += len(hits) < settings.k
-    line(f"{tag}: retrieve warm, {label}", latency_summary(times) + f", {short} calls < k hits")
+    wheres = [0]
+    dense = retrieval.Retriever.dense_candidates
+
+    def counted(self, vector, n, flt=None):
+        wheres[0] += flt is not None
+        return dense(self, vector, n, flt)
+
+    retrieval.Retriever.dense_candidates = counted
+    widest = retrieval.DENSE_WIDEST
+    results = {}
+    try:
+        for name, limit in (("", widest), (" (where at once, before)", 0)):
+            retrieval.DENSE_WIDEST, wheres[0] = limit, 0
+            times, short, got = [], 0, []
+            for _ in range(rounds):
+                for q in qs:
+                    t = time.perf_counter()
+                    hits = retrieve(q, settings=settings, **filters)
+                    times.append(time.perf_counter() - t)
+                    short += len(hits) < settings.k
+                    got.append([h.paper.key for h in hits])
+            results[name] = got
+            summary = latency_summary(times) + f", {short} calls < k hits, {wheres[0]} where"
+            line(f"{tag}: retrieve warm, {label}{name}", summary)
+    finally:
+        retrieval.DENSE_WIDEST = widest
+        retrieval.Retriever.dense_candidates = dense
+    a, b = results.values()
+    same = sum(x == y for x, y in zip(a, b, strict=True))
+    line(f"{tag}: {label}: same hits both ways", f"{same}/{len(a)} calls")
 
 
 # ---------------------------------------------------------------- phases (one process each)
