@@ -5,8 +5,25 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import textwrap
 import time
 from collections.abc import Callable
+
+# `python -c STREAMED_INGEST VECTOR_CACHE JSONL`: a streamed ingest of many small upserts with
+# every vector computed (an empty vector cache), for a kill to interrupt; prints start / done
+STREAMED_INGEST = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import qa.index, qa.ingest
+    from qa.snapshot import ingest_stream
+    qa.index.VECTOR_CACHE_DIR = Path(sys.argv[1])  # empty: every vector is computed
+    qa.ingest.WRITE_BATCH = 8                      # many small upserts to interrupt
+    print("start", flush=True)
+    ingest_stream(sys.argv[2], batch=12, progress=False)
+    print("done", flush=True)
+    """
+)
 
 
 def kill_when(

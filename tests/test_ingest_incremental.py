@@ -13,7 +13,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import pytest
 pytest.register_assert_rewrite("chroma_server")
 
 from chroma_server import reset_qa_caches  # noqa: E402
-from processes import kill_when  # noqa: E402
+from processes import STREAMED_INGEST, kill_when  # noqa: E402
 from test_index import (  # noqa: E402
     WORDS,
     _server_counter,
@@ -238,20 +237,6 @@ def test_upserts_are_filled_to_the_write_batch_at_the_chunks_per_paper_seen(monk
 
 # ---------------------------------------------------------------- a kill mid-stream
 
-CHILD = textwrap.dedent(
-    """
-    import sys
-    from pathlib import Path
-    import qa.index, qa.ingest
-    from qa.snapshot import ingest_stream
-    qa.index.VECTOR_CACHE_DIR = Path(sys.argv[1])  # empty: every vector is computed
-    qa.ingest.WRITE_BATCH = 8                      # many small upserts to interrupt
-    print("start", flush=True)
-    ingest_stream(sys.argv[2], batch=12, progress=False)
-    print("done", flush=True)
-    """
-)
-
 
 def test_a_streamed_ingest_killed_mid_way_rewrites_exactly_the_unfinished_papers(
     index_mode, tmp_path
@@ -263,7 +248,7 @@ def test_a_streamed_ingest_killed_mid_way_rewrites_exactly_the_unfinished_papers
     empty_cache.mkdir()
     first_batch = len(expected_ids(papers[:12]))
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(empty_cache), str(path)],
+        [sys.executable, "-c", STREAMED_INGEST, str(empty_cache), str(path)],
         env=dict(os.environ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import bm25s
 import numpy as np
@@ -24,7 +23,7 @@ import pytest
 pytest.register_assert_rewrite("chroma_server")
 
 from chroma_server import reset_qa_caches  # noqa: E402
-from processes import kill_when  # noqa: E402
+from processes import STREAMED_INGEST, kill_when  # noqa: E402
 from test_index import chunks_of, seed_papers  # noqa: E402
 from test_ingest_incremental import _committed_chunks, write_jsonl  # noqa: E402
 
@@ -205,21 +204,6 @@ def test_a_copy_that_cannot_be_trusted_means_a_full_build(what, monkeypatch):
     assert_same_as_full_build()
 
 
-CHILD = textwrap.dedent(
-    """
-    import sys
-    from pathlib import Path
-    import qa.index, qa.ingest
-    from qa.snapshot import ingest_stream
-    qa.index.VECTOR_CACHE_DIR = Path(sys.argv[1])  # empty: every vector is computed
-    qa.ingest.WRITE_BATCH = 8                      # many small upserts to interrupt
-    print("start", flush=True)
-    ingest_stream(sys.argv[2], batch=12, progress=False)
-    print("done", flush=True)
-    """
-)
-
-
 def test_a_streamed_ingest_killed_between_calls_ends_with_a_correct_index(index_mode, tmp_path):
     papers = seed_papers()[300:340]
     build_index(papers[:6], progress=False)
@@ -229,7 +213,7 @@ def test_a_streamed_ingest_killed_between_calls_ends_with_a_correct_index(index_
     before = open_index().count()
     total = before + len(ids_of(papers[6:]))
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(empty_cache), str(path)],
+        [sys.executable, "-c", STREAMED_INGEST, str(empty_cache), str(path)],
         env=dict(os.environ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
