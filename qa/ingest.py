@@ -323,6 +323,8 @@ def _save_keyword_index(index: Index, store: CorpusStore, generation: int, count
     except IndexUnavailable as exc:  # readers build it themselves; only their start is slower
         log.warning("could not save the keyword index: %s", exc)
         return False
+    finally:
+        index.forget_written()
 
 
 def _held(index: Index, store: CorpusStore, count: int) -> Held | None:
@@ -597,8 +599,10 @@ def _write_batch(
         metadatas=[c.metadata for c in chunks],
         embeddings=vectors,
     )
+    index.note_written(chunks)
     if prepared.stale:
         index.call(index.collection.delete, ids=prepared.stale)
+        index.forget_written(prepared.stale)
     store.mark_indexed(coll, prepared.marks)
     report.chunks_written += len(chunks)
     return prepared.papers
@@ -612,6 +616,7 @@ def _prune(index: Index, store: CorpusStore, coll: str, report: IngestReport) ->
     ids = [f"{key}#{i}" for key, n in gone for i in range(n)]
     for start in range(0, len(ids), 1000):
         index.call(index.collection.delete, ids=ids[start : start + 1000])
+    index.forget_written(ids)
     store.unindex(coll, [key for key, _ in gone])
     report.removed = len(gone)
 

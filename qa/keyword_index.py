@@ -352,7 +352,7 @@ class KeywordIndex:
         """Writers: the latest saved copy of this collection, with the chunks of papers added,
         re-written or removed since (by `held`); False, changing nothing, when there is no
         copy to trust or the result would not hold exactly `count` chunks."""
-        base = _latest_saved(index, revision, held.lineage)
+        base = _latest_saved(index, revision, held.lineage) or _nothing_saved(index, held)
         if base is None:
             return False
         ids, rows, facets = base
@@ -381,7 +381,7 @@ class KeywordIndex:
         self._assemble(ids, merged.compacted(), facets, revision, count)
         self.lineage = held.lineage
         log.info(
-            "keyword index updated: %d chunks kept, %d read back, %d dropped",
+            "keyword index updated: %d chunks kept, %d added, %d dropped",
             int(keep.sum()),
             len(new_ids),
             int((~keep).sum()),
@@ -496,25 +496,46 @@ class KeywordIndex:
         return np.asarray(self.model.get_scores(ids), dtype=np.float32)
 
 
+def _nothing_saved(index: Index, held: Held) -> tuple[list[str], Rows, ChunkFacets] | None:
+    """An empty base, when no copy was saved yet but this writer wrote every chunk the record
+    accounts for (its first commit on a new store): the update then reads nothing back."""
+    written = index.written
+    whole = all(
+        all(f"{key}#{i}" in written for i in range(n)) for key, (_, n) in held.papers.items()
+    )
+    if not whole:
+        return None
+    empty = np.zeros(0, dtype=np.int32)
+    rows = Rows(empty, np.zeros(1, dtype=np.int64), [], empty, [], [])
+    return [], rows, ChunkFacets(empty, {})
+
+
 def _read_back(
     index: Index, papers: list[tuple[str, str, int]]
 ) -> tuple[list[str], list[str], list[dict]] | None:
-    """The chunks of `papers` (key, hash, chunks) from Chroma, by id; None when Chroma does
-    not hold exactly those (the record's account and Chroma disagree: a full build)."""
+    """The chunks of `papers` (key, hash, chunks): those this writer wrote from its hands
+    (`Index.written`), the rest from Chroma, by id; None when Chroma does not hold exactly
+    those (the record's account and Chroma disagree: a full build)."""
     wanted = [(f"{key}#{i}", digest) for key, digest, n in papers for i in range(n)]
-    ids: list[str] = []
-    texts: list[str] = []
-    metadatas: list[dict] = []
-    for start in range(0, len(wanted), READ_BATCH):
-        part = dict(wanted[start : start + READ_BATCH])
+    found: dict[str, tuple[str, dict]] = {}
+    missing: list[tuple[str, str]] = []
+    for cid, digest in wanted:
+        have = index.written.get(cid)
+        if have is not None and have[1].get("paper_hash") == digest:
+            found[cid] = have
+        else:
+            missing.append((cid, digest))
+    for start in range(0, len(missing), READ_BATCH):
+        part = dict(missing[start : start + READ_BATCH])
         got = index.call(index.collection.get, ids=list(part), include=["documents", "metadatas"])
         for cid, doc, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
             if (meta or {}).get("paper_hash") != part.get(cid):
                 return None
-            ids.append(cid)
-            texts.append(doc)
-            metadatas.append(meta)
-    return (ids, texts, metadatas) if len(ids) == len(wanted) else None
+            found[cid] = (doc, meta)
+    if len(found) != len(wanted):
+        return None
+    ids = [cid for cid, _ in wanted]
+    return ids, [found[c][0] for c in ids], [found[c][1] for c in ids]
 
 
 def _latest_saved(

@@ -27,6 +27,7 @@ from processes import STREAMED_INGEST, kill_when  # noqa: E402
 from test_index import chunks_of, seed_papers  # noqa: E402
 from test_ingest_incremental import _committed_chunks, write_jsonl  # noqa: E402
 
+import qa.index  # noqa: E402
 import qa.keyword_index as keyword_index  # noqa: E402
 from qa.filters import Filters  # noqa: E402
 from qa.index import Index, build_index, open_index, remove_papers  # noqa: E402
@@ -72,9 +73,13 @@ def assert_same_as_full_build() -> KeywordIndex:
 
 
 class Reads:
-    """What the keyword index save reads from Chroma: pages (offset) and chunk ids."""
+    """What the keyword index save reads from Chroma: pages (offset) and chunk ids. Unless
+    `hands`, the writer keeps nothing of what it wrote (`Index.written`), so every changed
+    chunk is read back: the path of a writer in another process than the one that wrote."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, hands: bool = False):
+        if not hands:
+            monkeypatch.setattr(qa.index, "WRITTEN_KEPT", 0)
         self.paged = 0
         self.ids: list[str] = []
         self.full_builds = 0
@@ -173,6 +178,44 @@ def test_a_streamed_ingest_updates_once_from_the_copy_before_it(index_mode, tmp_
     assert (reads.full_builds, reads.paged) == (0, 0)
     added = set(open_index().collection.get(include=[])["ids"]) - before
     assert sorted(reads.ids) == sorted(added | set(ids_of([changed])))
+    assert_same_as_full_build()
+
+
+def test_the_writer_indexes_what_it_wrote_without_reading_it_back(index_mode, monkeypatch):
+    """A writer keeps the chunks it upserted since its last save (`Index.written`): its first
+    save on a new store and its updates read nothing back from Chroma, and equal a full build
+    (also across a streamed ingest's calls and a re-written paper's shorter tail)."""
+    papers = seed_papers()[:40]
+    reads = Reads(monkeypatch, hands=True)
+    build_index(papers[:25], progress=False)
+    assert (reads.full_builds, reads.paged, reads.ids) == (0, 0, [])
+    assert_same_as_full_build()
+    reads.reset()
+    long = next(p for p in papers[:25] if len(chunks_of(p)) > 1)
+    shorter = dataclasses.replace(long, abstract="We study quintaflex.")
+    build_index([shorter, *papers[25:32]], progress=False, keyword_index=False)
+    build_index(papers[32:], progress=False)
+    assert (reads.full_builds, reads.paged, reads.ids) == (0, 0, [])
+    saved = assert_same_as_full_build()
+    assert f"{long.key}#1" not in saved.ids
+    assert open_index().written == {}  # dropped once saved
+
+
+def test_what_the_writer_cannot_keep_in_hand_is_read_back(index_mode, monkeypatch):
+    """Past WRITTEN_KEPT chunks a writer stops keeping them: the first save is then a full
+    build, an update reads back only the chunks it lacks; both equal a full build."""
+    papers = seed_papers()[:40]
+    reads = Reads(monkeypatch, hands=True)
+    kept = len(ids_of(papers[25:32]))
+    monkeypatch.setattr(qa.index, "WRITTEN_KEPT", kept)
+    build_index(papers[:25], progress=False)  # more than it keeps
+    assert reads.full_builds == 1
+    assert_same_as_full_build()
+    reads.reset()
+    build_index(papers[25:32], progress=False, keyword_index=False)  # kept
+    build_index(papers[32:], progress=False)  # past the bound: read back
+    assert (reads.full_builds, reads.paged) == (0, 0)
+    assert sorted(reads.ids) == ids_of(papers[32:])
     assert_same_as_full_build()
 
 
