@@ -469,3 +469,32 @@ def test_a_keyword_index_saved_without_facets_still_filters_through_chroma(index
     finally:
         kw.facets = facets
     assert with_facets.any() and (with_facets == without).all()
+
+
+def test_a_narrow_filter_when_an_allowed_chunk_is_gone_from_chroma(index_mode, monkeypatch):
+    """Searching among the allowed ids on `chroma run` and embedded; a chunk the reader's
+    keyword index still lists but Chroma no longer holds (deleted behind its back, as when a
+    paper is re-written before the reader sees the new state) makes Chroma refuse a search
+    among ids: the question is answered by the `where` instead, without that paper."""
+    import qa.retrieval as retrieval
+    from qa.index import open_index
+
+    monkeypatch.setenv("QA_CANDIDATES", "5")  # 12 neighbours for k=3, of the 24 chunks
+    get_settings.cache_clear()
+    build_index(extra_papers(), progress=False)
+    monkeypatch.setattr(retrieval, "DENSE_OVERFETCH", 1)
+    monkeypatch.setattr(retrieval, "DENSE_WIDEST", 0)
+    no_table(monkeypatch)
+    wheres = count_wheres(monkeypatch)
+    given = {"categories": ["hep-th"], "since": "2020"}  # 6 papers: fewer than 12 neighbours
+    question = "string theory flux compactifications"
+    among = qa.retrieve(question, k=3, mode="dense", **given)
+    assert len(among) == 3 and not any(wheres)
+
+    gone = among[0].paper.key
+    open_index().collection.delete(ids=[f"{gone}#0"])
+    wheres.clear()
+    after = qa.retrieve(question, k=3, mode="dense", **given)
+    assert any(wheres)
+    assert len(after) == 3 and gone not in {h.paper.key for h in after}
+    assert all(Filters.make(**given).matches(h.paper) for h in after)
