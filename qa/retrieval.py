@@ -182,11 +182,6 @@ class KeywordResult:
         row = self.row_of.get(chunk_id)
         return float(self.scores[row]) if row is not None and len(self.scores) else 0.0
 
-    def allowed_rows(self) -> np.ndarray:
-        """The rows the filters allow (every row without filters)."""
-        rows = len(self.index.ids)
-        return np.arange(rows) if self.allowed is None else np.flatnonzero(self.allowed)
-
 
 class Retriever:
     """Answers `retrieve(question)` against one Index; safe to share across threads."""
@@ -326,7 +321,7 @@ class Retriever:
         cos = kept(near)
         if len(cos) >= n or len(near) < asked:  # fewer came back: the collection is all here
             return cos
-        rows = keyword.allowed_rows()
+        rows = np.flatnonzero(keyword.allowed)
         if keyword.table is not None:
             return nearest_held(keyword.table, vector, rows, n)
         if len(rows) <= DENSE_IDS_MAX:
