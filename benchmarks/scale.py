@@ -33,7 +33,7 @@ Each phase is its own process, so each peak RSS is that phase's:
 Between phases the driver prints disk use (du) and, with --server, the `chroma run` RSS.
 
 Usage: python benchmarks/scale.py --papers 10000 [--server] [--rounds 2] [--batch 2000]
-       [--grow 0.01] [--since 2023-06-01] [--category cs.CL] [--narrow 0.005] [--keep]
+       [--grow 0.01] [--since 2023-06-01] [--category cs.CL] [--narrow 0.005] [--chunk-cache N] [--keep]
 An ingest stopped part-way (--keep): --resume FOLDER goes on where it stopped; or --phase keyword
 --dir STORE, then --phase reader / grow on what is there.
 """
@@ -577,6 +577,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="the store of --phase (printed with --keep)")
     parser.add_argument("--chroma-timeout", type=float, help="QA_CHROMA_TIMEOUT, seconds")
     parser.add_argument(
+        "--chunk-cache", type=int, help="QA_CHUNK_CACHE: hold the chunks in the reader's memory"
+    )
+    parser.add_argument(
         "--resume",
         type=Path,
         help="a stopped run's folder (printed with --keep): go on writing where it stopped",
@@ -584,7 +587,7 @@ def main() -> None:
     parser.add_argument("--url", help="with --phase: the `chroma run` server's URL")
     args = parser.parse_args()
 
-    default_settings(chroma_timeout=args.chroma_timeout)
+    default_settings(chroma_timeout=args.chroma_timeout, chunk_cache=args.chunk_cache)
     if args.phase:
         from qa.config import Settings
 
