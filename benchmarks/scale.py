@@ -33,7 +33,8 @@ Each phase is its own process, so each peak RSS is that phase's:
 Between phases the driver prints disk use (du) and, with --server, the `chroma run` RSS.
 
 Usage: python benchmarks/scale.py --papers 10000 [--server] [--rounds 2] [--batch 2000]
-       [--grow 0.01] [--since 2023-06-01] [--category cs.CL] [--narrow 0.005] [--chunk-cache N] [--keep]
+       [--grow 0.01] [--since 2023-06-01] [--category cs.CL] [--narrow 0.005] [--keep]
+       [--chunk-cache N]
 An ingest stopped part-way (--keep): --resume FOLDER goes on where it stopped; or --phase keyword
 --dir STORE, then --phase reader / grow on what is there.
 """
