@@ -41,6 +41,12 @@ DENSE_WIDEST = 4000  # the most neighbours one unfiltered query asks for before 
 # `where` grows with the collection (p95 4.4 s at 666k chunks), ids with the allowed chunks
 # only (benchmarks/README.md, issue 13). Wider filters widen one unfiltered query instead.
 DENSE_IDS_MAX = 50_000
+# ... and a filter allowing at most this many is ranked exactly instead: their vectors read
+# with one `get` and ranked by numpy. Chroma's filtered search (ids or `where`) is approximate
+# for so narrow a set: at 52,582 chunks its top 50 among 273 allowed held 22–39 of the exact
+# top 50; the `get` costs what the search does up to ~300 ids (11.5 vs 13 ms), 59 vs 13 ms at
+# 1,000 (benchmarks/README.md, issue 13).
+DENSE_EXACT_MAX = 300
 # Question embeddings run here, overlapped with the keyword search; a few threads so the UI's
 # concurrent questions do not queue behind one another.
 _EMBED_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="qa-query-embed")
@@ -133,16 +139,23 @@ class ChunkTable:
         return row if row is not None and self.present[row] else None
 
 
+def nearest(
+    chunk_ids: list[str], vectors: np.ndarray, vector: list[float], n: int
+) -> dict[str, float]:
+    """chunk id → cosine for the `n` of `chunk_ids` (row i's vector is vectors[i]) nearest
+    `vector`, exactly: one matrix-vector product."""
+    cos = vectors @ np.asarray(vector, dtype=np.float32)
+    top = np.argpartition(-cos, n - 1)[:n] if len(cos) > n else range(len(cos))
+    return {chunk_ids[i]: float(cos[i]) for i in top}
+
+
 def nearest_held(
     table: ChunkTable, vector: list[float], rows: np.ndarray, n: int
 ) -> dict[str, float]:
-    """chunk id → cosine for the `n` nearest of the keyword-index `rows`, exactly, from the
-    chunk table's vectors (no Chroma call; the table is at most QA_CHUNK_CACHE chunks, so
-    this is one matrix-vector product of at most that many rows)."""
+    """The `n` nearest of the keyword-index `rows` from the chunk table's vectors (no Chroma
+    call; the table is at most QA_CHUNK_CACHE chunks)."""
     rows = rows[table.present[rows]]
-    cos = table.vectors[rows] @ np.asarray(vector, dtype=np.float32)
-    top = np.argpartition(-cos, n - 1)[:n] if len(cos) > n else range(len(cos))
-    return {table.ids[rows[i]]: float(cos[i]) for i in top}
+    return nearest([table.ids[r] for r in rows], table.vectors[rows], vector, n)
 
 
 def split_by_table(
@@ -306,8 +319,9 @@ class Retriever:
     ) -> dict[str, float]:
         """The `n` nearest chunks `filters` allows: from the over-fetched unfiltered
         neighbours (`near`, `asked` for) when they hold enough; else among the allowed chunks
-        only, by numpy when the reader holds the chunk table, by Chroma's `query(ids=…)` when
-        at most DENSE_IDS_MAX are allowed; else from one unfiltered query widened by the share
+        only: by numpy when the reader holds the chunk table or at most DENSE_EXACT_MAX are
+        allowed (their vectors read by id), by Chroma's `query(ids=…)` when at most
+        DENSE_IDS_MAX are; else from one unfiltered query widened by the share
         the filter allowed (DENSE_WIDEST when none). Only a filter wider than DENSE_IDS_MAX yet
         too narrow for that is asked of Chroma with `where`, which reads every matching
         chunk's metadata first: p95 4.4 s for a date filter at 666k chunks. Chunks the
@@ -322,8 +336,17 @@ class Retriever:
         if len(cos) >= n or len(near) < asked:  # fewer came back: the collection is all here
             return cos
         rows = np.flatnonzero(keyword.allowed)
+        if not len(rows):
+            return {}
         if keyword.table is not None:
             return nearest_held(keyword.table, vector, rows, n)
+        if len(rows) <= DENSE_EXACT_MAX:
+            chunk_ids = [keyword.index.ids[r] for r in rows]
+            got = self.index.call(self.index.collection.get, ids=chunk_ids, include=["embeddings"])
+            if not got["ids"]:  # all gone since the keyword index's state
+                return {}
+            vectors = np.asarray(got["embeddings"], dtype=np.float32)
+            return nearest(got["ids"], vectors, vector, n)  # a chunk gone since: not in `got`
         if len(rows) <= DENSE_IDS_MAX:
             among = self.nearest_among(vector, [keyword.index.ids[r] for r in rows], n)
             if among is not None:
@@ -343,8 +366,6 @@ class Retriever:
         """chunk id → cosine for the `n` nearest of `chunk_ids` (Chroma searches those ids
         only); None when one of them is gone from Chroma (a paper re-written after the
         keyword index's state: Chroma refuses the whole query with "Error finding id")."""
-        if not chunk_ids:
-            return {}
 
         def query() -> dict | None:
             try:

@@ -320,6 +320,7 @@ def where_only(monkeypatch) -> None:
 
     monkeypatch.setattr(retrieval, "DENSE_WIDEST", 0)
     monkeypatch.setattr(retrieval, "DENSE_IDS_MAX", 0)
+    monkeypatch.setattr(retrieval, "DENSE_EXACT_MAX", 0)
     no_table(monkeypatch)
 
 
@@ -360,6 +361,7 @@ def test_a_narrow_filter_searches_its_allowed_chunks_without_a_where(index_env, 
     import qa.retrieval as retrieval
 
     monkeypatch.setattr(retrieval, "DENSE_OVERFETCH", 1)  # the first neighbours rarely do
+    monkeypatch.setattr(retrieval, "DENSE_EXACT_MAX", 0)  # not read and ranked here
     monkeypatch.setattr(retrieval, "DENSE_WIDEST", 0)  # no widening: ids, else a `where`
     no_table(monkeypatch)
     wheres = count_wheres(monkeypatch)
@@ -374,8 +376,9 @@ def test_a_narrow_filter_searches_its_allowed_chunks_without_a_where(index_env, 
 def test_the_held_chunk_table_gives_the_nearest_allowed_chunks_of_chroma(
     index_env, given, monkeypatch
 ):
-    """A reader holding the chunk table ranks the allowed chunks by numpy (no Chroma call);
-    the hits and cosines are those of Chroma's search among the same ids."""
+    """A reader holding the chunk table ranks the allowed chunks by numpy (no Chroma call),
+    as it does with their vectors read by id (a filter allowing at most DENSE_EXACT_MAX); the
+    hits and cosines are those of Chroma's search among the same ids."""
     import qa.retrieval as retrieval
     from qa.index import open_index
     from qa.retrieval import ChunkTable
@@ -389,9 +392,13 @@ def test_the_held_chunk_table_gives_the_nearest_allowed_chunks_of_chroma(
     monkeypatch.setattr(retrieval.Retriever, "nearest_among", None)  # not called: from memory
     held = dense_hits(given)
     assert len(wheres) == len(QUESTIONS)  # the over-fetch only
-    monkeypatch.setattr(retrieval.Retriever, "nearest_among", among)
     no_table(monkeypatch)
+    monkeypatch.setattr(retrieval, "DENSE_EXACT_MAX", 10**6)
     assert dense_hits(given) == held
+    monkeypatch.setattr(retrieval.Retriever, "nearest_among", among)
+    monkeypatch.setattr(retrieval, "DENSE_EXACT_MAX", 0)
+    assert dense_hits(given) == held
+    assert not any(wheres)
 
 
 def test_a_widened_query_replaces_most_where_queries_with_the_same_hits(index_env, monkeypatch):
@@ -403,6 +410,7 @@ def test_a_widened_query_replaces_most_where_queries_with_the_same_hits(index_en
 
     monkeypatch.setattr(retrieval, "DENSE_OVERFETCH", 1)  # the first neighbours rarely do
     monkeypatch.setattr(retrieval, "DENSE_IDS_MAX", 0)
+    monkeypatch.setattr(retrieval, "DENSE_EXACT_MAX", 0)
     no_table(monkeypatch)
     wheres = count_wheres(monkeypatch)
 
@@ -475,7 +483,8 @@ def test_a_narrow_filter_when_an_allowed_chunk_is_gone_from_chroma(index_mode, m
     """Searching among the allowed ids on `chroma run` and embedded; a chunk the reader's
     keyword index still lists but Chroma no longer holds (deleted behind its back, as when a
     paper is re-written before the reader sees the new state) makes Chroma refuse a search
-    among ids: the question is answered by the `where` instead, without that paper."""
+    among ids: the question is answered by the `where` instead, without that paper. Reading
+    the allowed vectors by id (DENSE_EXACT_MAX) passes over it: no `where`, the same hits."""
     import qa.retrieval as retrieval
     from qa.index import open_index
 
@@ -484,6 +493,7 @@ def test_a_narrow_filter_when_an_allowed_chunk_is_gone_from_chroma(index_mode, m
     build_index(extra_papers(), progress=False)
     monkeypatch.setattr(retrieval, "DENSE_OVERFETCH", 1)
     monkeypatch.setattr(retrieval, "DENSE_WIDEST", 0)
+    monkeypatch.setattr(retrieval, "DENSE_EXACT_MAX", 0)
     no_table(monkeypatch)
     wheres = count_wheres(monkeypatch)
     given = {"categories": ["hep-th"], "since": "2020"}  # 6 papers: fewer than 12 neighbours
@@ -498,3 +508,9 @@ def test_a_narrow_filter_when_an_allowed_chunk_is_gone_from_chroma(index_mode, m
     assert any(wheres)
     assert len(after) == 3 and gone not in {h.paper.key for h in after}
     assert all(Filters.make(**given).matches(h.paper) for h in after)
+
+    monkeypatch.setattr(retrieval, "DENSE_EXACT_MAX", 10**6)
+    wheres.clear()
+    read = qa.retrieve(question, k=3, mode="dense", **given)
+    assert not any(wheres)
+    assert [h.paper.key for h in read] == [h.paper.key for h in after]
