@@ -307,13 +307,15 @@ def golden_recall(settings, k: int = 5) -> str:
     return f"{found}/{len(rows)} single-paper questions have their paper in the top {k}"
 
 
-# (name, DENSE_IDS_MAX, DENSE_WIDEST) of a filtered pass: the dense path as it is, then the
-# paths before it (no search among the allowed ids or over the held chunk table), the last
-# asking a `where` at once
+# (name, qa.retrieval limits set) of a filtered pass: the dense path as it is, with Chroma's
+# search among the allowed ids instead of reading a few allowed chunks' vectors, then the paths
+# before them (no ranking among the allowed chunks), the last asking a `where` at once; each
+# but the first also without the held chunk table
 FILTER_PATHS = (
-    ("", None, None),
-    (" (widened, then where: before)", 0, None),
-    (" (where at once)", 0, 0),
+    ("", {}),
+    (" (Chroma among ids)", {"DENSE_EXACT_MAX": 0}),
+    (" (widened, then where: before)", {"DENSE_EXACT_MAX": 0, "DENSE_IDS_MAX": 0}),
+    (" (where at once)", {"DENSE_EXACT_MAX": 0, "DENSE_IDS_MAX": 0, "DENSE_WIDEST": 0}),
 )
 
 
@@ -347,13 +349,13 @@ def filtered_latency(tag: str, settings, label: str, rounds: int, **filters) -> 
     allowed = retrieval.Retriever._allowed_neighbours
     retrieval.Retriever.dense_candidates = counted
     retrieval.Retriever.nearest_among = counted_among
-    limits = retrieval.DENSE_IDS_MAX, retrieval.DENSE_WIDEST
+    limits = {name: getattr(retrieval, name) for name in FILTER_PATHS[-1][1]}
     results = {}
     try:
-        for name, ids_max, widest in FILTER_PATHS:
-            retrieval.DENSE_IDS_MAX = limits[0] if ids_max is None else ids_max
-            retrieval.DENSE_WIDEST = limits[1] if widest is None else widest
-            retrieval.Retriever._allowed_neighbours = allowed if ids_max is None else before
+        for name, changed in FILTER_PATHS:
+            for limit, value in (limits | changed).items():
+                setattr(retrieval, limit, value)
+            retrieval.Retriever._allowed_neighbours = before if changed else allowed
             counts.update(where=0, ids=0)
             times, short, got = [], 0, []
             for _ in range(rounds):
@@ -370,7 +372,8 @@ def filtered_latency(tag: str, settings, label: str, rounds: int, **filters) -> 
                 f"{summary}, {counts['ids']} among ids, {counts['where']} where",
             )
     finally:
-        retrieval.DENSE_IDS_MAX, retrieval.DENSE_WIDEST = limits
+        for limit, value in limits.items():
+            setattr(retrieval, limit, value)
         retrieval.Retriever.dense_candidates, retrieval.Retriever.nearest_among = dense, among
         retrieval.Retriever._allowed_neighbours = allowed
     *others, where = results.values()
