@@ -35,11 +35,12 @@ Mode = Literal["hybrid", "keyword", "dense"]
 DENSE_OVERFETCH = 4  # filtered questions: neighbours asked for per candidate kept
 DENSE_WIDEST = 4000  # the most neighbours one unfiltered query asks for before a `where`
 # A filter allowing at most this many chunks (and whose over-fetched neighbours held too few)
-# is searched among those chunks only: Chroma's `query(ids=…)`, exact over the given ids, no
-# metadata read. Measured on 100k chunks (embedded, warm): ids 20 ms for 10k ids, 53 ms for
-# 50k, vs 109 and 196 ms for a `where` selecting the same chunks, with the same 50 hits; a
-# `where` grows with the collection (p95 4.4 s at 666k chunks), ids with the allowed chunks
-# only (benchmarks/README.md, issue 13). Wider filters widen one unfiltered query instead.
+# is searched among those chunks only: Chroma's `query(ids=…)`, no metadata read. Measured on
+# 100k chunks (embedded, warm): ids 20 ms for 10k ids, 53 ms for 50k, vs 109 and 196 ms for a
+# `where` selecting the same chunks, with the same 50 hits; a `where` grows with the
+# collection (p95 4.4 s at 666k chunks), ids with the allowed chunks only; at 52,582 chunks a
+# 273-chunk date window p50 48 ms vs 292 ms (benchmarks/README.md, issue 13). Wider filters
+# widen one unfiltered query instead.
 DENSE_IDS_MAX = 50_000
 # ... and a filter allowing at most this many is ranked exactly instead: their vectors read
 # with one `get` and ranked by numpy. Chroma's filtered search (ids or `where`) is approximate
@@ -321,12 +322,12 @@ class Retriever:
         neighbours (`near`, `asked` for) when they hold enough; else among the allowed chunks
         only: by numpy when the reader holds the chunk table or at most DENSE_EXACT_MAX are
         allowed (their vectors read by id), by Chroma's `query(ids=…)` when at most
-        DENSE_IDS_MAX are; else from one unfiltered query widened by the share
-        the filter allowed (DENSE_WIDEST when none). Only a filter wider than DENSE_IDS_MAX yet
-        too narrow for that is asked of Chroma with `where`, which reads every matching
-        chunk's metadata first: p95 4.4 s for a date filter at 666k chunks. Chunks the
-        keyword index does not know (written after its state) are not allowed on any path but
-        the `where`, as `keyword.allows` says."""
+        DENSE_IDS_MAX are; else from one unfiltered query widened by the share the filter
+        allowed (DENSE_WIDEST when none). Only a filter wider than DENSE_IDS_MAX yet too
+        narrow for that (or whose ids Chroma refused) is asked of Chroma with `where`, which
+        reads every matching chunk's metadata first: p95 4.4 s for a date filter at 666k
+        chunks. Chunks the keyword index does not know (written after its state) are not
+        allowed on any path but the `where`, as `keyword.allows` says."""
 
         def kept(cos: dict[str, float]) -> dict[str, float]:
             allowed = sorted((c for c in cos if keyword.allows(c)), key=lambda c: -cos[c])
@@ -340,17 +341,12 @@ class Retriever:
             return {}
         if keyword.table is not None:
             return nearest_held(keyword.table, vector, rows, n)
-        if len(rows) <= DENSE_EXACT_MAX:
-            chunk_ids = [keyword.index.ids[r] for r in rows]
-            got = self.index.call(self.index.collection.get, ids=chunk_ids, include=["embeddings"])
-            if not got["ids"]:  # all gone since the keyword index's state
-                return {}
-            vectors = np.asarray(got["embeddings"], dtype=np.float32)
-            return nearest(got["ids"], vectors, vector, n)  # a chunk gone since: not in `got`
-        if len(rows) <= DENSE_IDS_MAX:
-            among = self.nearest_among(vector, [keyword.index.ids[r] for r in rows], n)
-            if among is not None:
-                return among
+        chunk_ids = [keyword.index.ids[r] for r in rows] if len(rows) <= DENSE_IDS_MAX else []
+        if 0 < len(chunk_ids) <= DENSE_EXACT_MAX:
+            return self.nearest_read(vector, chunk_ids, n)
+        among = self.nearest_among(vector, chunk_ids, n) if chunk_ids else None
+        if among is not None:
+            return among
         share = len(cos) / len(near)
         wider = min(DENSE_WIDEST, math.ceil(2 * n / share)) if cos else DENSE_WIDEST
         if wider > len(near):
@@ -359,6 +355,14 @@ class Retriever:
         if len(cos) < n and len(near) >= asked:
             cos = self.dense_candidates(vector, n, filters)
         return cos
+
+    def nearest_read(self, vector: list[float], chunk_ids: list[str], n: int) -> dict[str, float]:
+        """The `n` nearest of `chunk_ids`, exactly: their vectors read with one `get` (a chunk
+        gone from Chroma since the keyword index's state is not returned, so not ranked)."""
+        got = self.index.call(self.index.collection.get, ids=chunk_ids, include=["embeddings"])
+        if not got["ids"]:
+            return {}
+        return nearest(got["ids"], np.asarray(got["embeddings"], dtype=np.float32), vector, n)
 
     def nearest_among(
         self, vector: list[float], chunk_ids: list[str], n: int
