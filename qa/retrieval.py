@@ -39,7 +39,7 @@ DENSE_WIDEST = 4000  # the most neighbours one unfiltered query asks for before 
 # 100k chunks (embedded, warm): ids 20 ms for 10k ids, 53 ms for 50k, vs 109 and 196 ms for a
 # `where` selecting the same chunks, with the same 50 hits; a `where` grows with the
 # collection (p95 4.4 s at 666k chunks), ids with the allowed chunks only; at 52,582 chunks a
-# 273-chunk date window p50 48 ms vs 292 ms (benchmarks/README.md, issue 13). Wider filters
+# 273-chunk date window p50 34–48 ms vs 280–292 ms (benchmarks/README.md, issue 13). Wider filters
 # widen one unfiltered query instead.
 DENSE_IDS_MAX = 50_000
 # ... and a filter allowing at most this many is ranked exactly instead: their vectors read
