@@ -24,14 +24,17 @@ Each phase is its own process, so each peak RSS is that phase's:
   ingest  stream every chunk into Chroma, then commit: the keyword index is built and saved
           as a writer does before committing (a full build: there is no saved copy yet)
   reader  a fresh process: cold first `qa.retrieve` (model, HNSW and the saved keyword index
-          loaded), warm p50/p95 unfiltered, with a date filter and with a category filter
+          loaded), warm p50/p95 unfiltered, with a date filter, a category filter and a
+          narrow date window (--narrow: a share of the chunks), each filtered pass along
+          the dense path as it is and the paths before it (FILTER_PATHS)
   grow    add --grow (a share) more papers and commit: the writer's keyword index update
           (the saved copy plus the chunks of the papers changed since, read back by id), then,
           on the same state, a full build for comparison
 Between phases the driver prints disk use (du) and, with --server, the `chroma run` RSS.
 
 Usage: python benchmarks/scale.py --papers 10000 [--server] [--rounds 2] [--batch 2000]
-       [--grow 0.01] [--since 2023-06-01] [--category cs.CL] [--keep]
+       [--grow 0.01] [--since 2023-06-01] [--category cs.CL] [--narrow 0.005] [--keep]
+       [--chunk-cache N]
 An ingest stopped part-way (--keep): --resume FOLDER goes on where it stopped; or --phase keyword
 --dir STORE, then --phase reader / grow on what is there.
 """
@@ -46,6 +49,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -303,11 +307,22 @@ def golden_recall(settings, k: int = 5) -> str:
     return f"{found}/{len(rows)} single-paper questions have their paper in the top {k}"
 
 
+# (name, qa.retrieval limits set) of a filtered pass: the dense path as it is, with Chroma's
+# search among the allowed ids instead of reading a few allowed chunks' vectors, then the paths
+# before them (no ranking among the allowed chunks), the last asking a `where` at once; each
+# but the first also without the held chunk table
+FILTER_PATHS = (
+    ("", {}),
+    (" (Chroma among ids)", {"DENSE_EXACT_MAX": 0}),
+    (" (widened, then where: before)", {"DENSE_EXACT_MAX": 0, "DENSE_IDS_MAX": 0}),
+    (" (where at once)", {"DENSE_EXACT_MAX": 0, "DENSE_IDS_MAX": 0, "DENSE_WIDEST": 0}),
+)
+
+
 def filtered_latency(tag: str, settings, label: str, rounds: int, **filters) -> None:
-    """`qa.retrieve` with a filter (the arXiv-corpora issue's): first use, then warm; then
-    the same questions with no widened dense query (DENSE_WIDEST=0: straight to Chroma's
-    `where` when the over-fetched neighbours hold too few allowed chunks, the previous path),
-    with how many `where` queries each made and whether the hits agree."""
+    """`qa.retrieve` with a filter (the arXiv-corpora issue's): first use, then warm along
+    each of FILTER_PATHS, with how many dense queries among allowed ids and `where` queries
+    each made, and whether its hits agree with the `where` path's."""
     import qa.retrieval as retrieval
     from qa.retrieval import retrieve
 
@@ -317,19 +332,31 @@ def filtered_latency(tag: str, settings, label: str, rounds: int, **filters) -> 
     line(
         f"{tag}: retrieve, {label}, first use", f"{time.perf_counter() - t:.2f} s, {len(hits)} hits"
     )
-    wheres = [0]
-    dense = retrieval.Retriever.dense_candidates
+    counts = {"where": 0, "ids": 0}
+    dense, among = retrieval.Retriever.dense_candidates, retrieval.Retriever.nearest_among
 
     def counted(self, vector, n, flt=None):
-        wheres[0] += flt is not None
+        counts["where"] += flt is not None
         return dense(self, vector, n, flt)
 
+    def counted_among(self, vector, chunk_ids, n):
+        counts["ids"] += 1
+        return among(self, vector, chunk_ids, n)
+
+    def before(self, vector, near, asked, n, keyword, flt):  # no chunk table to rank
+        return allowed(self, vector, near, asked, n, replace(keyword, table=None), flt)
+
+    allowed = retrieval.Retriever._allowed_neighbours
     retrieval.Retriever.dense_candidates = counted
-    widest = retrieval.DENSE_WIDEST
+    retrieval.Retriever.nearest_among = counted_among
+    limits = {name: getattr(retrieval, name) for name in FILTER_PATHS[-1][1]}
     results = {}
     try:
-        for name, limit in (("", widest), (" (where at once, before)", 0)):
-            retrieval.DENSE_WIDEST, wheres[0] = limit, 0
+        for name, changed in FILTER_PATHS:
+            for limit, value in (limits | changed).items():
+                setattr(retrieval, limit, value)
+            retrieval.Retriever._allowed_neighbours = before if changed else allowed
+            counts.update(where=0, ids=0)
             times, short, got = [], 0, []
             for _ in range(rounds):
                 for q in qs:
@@ -339,14 +366,40 @@ def filtered_latency(tag: str, settings, label: str, rounds: int, **filters) -> 
                     short += len(hits) < settings.k
                     got.append([h.paper.key for h in hits])
             results[name] = got
-            summary = latency_summary(times) + f", {short} calls < k hits, {wheres[0]} where"
-            line(f"{tag}: retrieve warm, {label}{name}", summary)
+            summary = latency_summary(times) + f", {short} calls < k hits"
+            line(
+                f"{tag}: retrieve warm, {label}{name}",
+                f"{summary}, {counts['ids']} among ids, {counts['where']} where",
+            )
     finally:
-        retrieval.DENSE_WIDEST = widest
-        retrieval.Retriever.dense_candidates = dense
-    a, b = results.values()
-    same = sum(x == y for x, y in zip(a, b, strict=True))
-    line(f"{tag}: {label}: same hits both ways", f"{same}/{len(a)} calls")
+        for limit, value in limits.items():
+            setattr(retrieval, limit, value)
+        retrieval.Retriever.dense_candidates, retrieval.Retriever.nearest_among = dense, among
+        retrieval.Retriever._allowed_neighbours = allowed
+    *others, where = results.values()
+    for (name, *_), got in zip(FILTER_PATHS, others, strict=False):
+        same = sum(x == y for x, y in zip(got, where, strict=True))
+        line(f"{tag}: {label}{name or ' (as is)'}: same hits as the where", f"{same}/{len(got)}")
+
+
+def narrow_window(settings, share: float) -> tuple[str, str, float]:
+    """(since, until, the share of chunks it allows): the window of consecutive first-version
+    dates whose share of the chunks is nearest `share` (whole days: the share it gets is
+    printed)."""
+    from qa.retrieval import get_retriever
+
+    published = get_retriever(settings).keyword_index.facets.published
+    days, counts = np.unique(published[published > 0], return_counts=True)
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    want = share * len(published)
+    ends = np.minimum(np.searchsorted(cum, cum[:-1] + want), len(days))
+    got = cum[ends] - cum[:-1]
+    first = int(np.argmin(np.abs(got - want)))
+
+    def iso(day: int) -> str:
+        return f"{day // 10000:04d}-{day // 100 % 100:02d}-{day % 100:02d}"
+
+    return iso(int(days[first])), iso(int(days[ends[first] - 1])), got[first] / len(published)
 
 
 # ---------------------------------------------------------------- phases (one process each)
@@ -427,6 +480,9 @@ def phase_reader(args, settings, tag: str) -> None:
     filtered_latency(
         tag, settings, f"category {args.category}", args.rounds, categories=args.category
     )
+    since, until, share = narrow_window(settings, args.narrow)
+    label = f"{since} to {until} ({share:.2%} of chunks)"
+    filtered_latency(tag, settings, label, args.rounds, since=since, until=until)
     chunks = get_retriever(settings).index.count()
     line(
         f"{tag}: reader RSS",
@@ -512,12 +568,21 @@ def main() -> None:
     parser.add_argument("--since", default="2023-06-01", help="date filter for a warm pass")
     parser.add_argument("--category", default="cs.CL", help="category filter for a warm pass")
     parser.add_argument(
+        "--narrow",
+        type=float,
+        default=0.005,
+        help="a warm pass with a date window allowing about this share of the chunks",
+    )
+    parser.add_argument(
         "--phase",
         choices=("ingest", "keyword", "reader", "grow"),
         help="run one phase on the store in --dir (the driver runs them all in order)",
     )
     parser.add_argument("--dir", type=Path, help="the store of --phase (printed with --keep)")
     parser.add_argument("--chroma-timeout", type=float, help="QA_CHROMA_TIMEOUT, seconds")
+    parser.add_argument(
+        "--chunk-cache", type=int, help="QA_CHUNK_CACHE: hold the chunks in the reader's memory"
+    )
     parser.add_argument(
         "--resume",
         type=Path,
@@ -526,7 +591,7 @@ def main() -> None:
     parser.add_argument("--url", help="with --phase: the `chroma run` server's URL")
     args = parser.parse_args()
 
-    default_settings(chroma_timeout=args.chroma_timeout)
+    default_settings(chroma_timeout=args.chroma_timeout, chunk_cache=args.chunk_cache)
     if args.phase:
         from qa.config import Settings
 

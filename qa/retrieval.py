@@ -19,6 +19,7 @@ from datetime import date
 from typing import Literal
 
 import numpy as np
+from chromadb.errors import InternalError
 
 from qa.citations import ARXIV_ID as CITED_ID
 from qa.config import Settings, get_settings
@@ -33,6 +34,20 @@ log = logging.getLogger(__name__)
 Mode = Literal["hybrid", "keyword", "dense"]
 DENSE_OVERFETCH = 4  # filtered questions: neighbours asked for per candidate kept
 DENSE_WIDEST = 4000  # the most neighbours one unfiltered query asks for before a `where`
+# A filter allowing at most this many chunks (and whose over-fetched neighbours held too few)
+# is searched among those chunks only: Chroma's `query(ids=…)`, no metadata read. Measured on
+# 100k chunks (embedded, warm): ids 20 ms for 10k ids, 53 ms for 50k, vs 109 and 196 ms for a
+# `where` selecting the same chunks, with the same 50 hits; a `where` grows with the
+# collection (p95 4.4 s at 666k chunks), ids with the allowed chunks only; at 52,582 chunks a
+# 273-chunk date window p50 34–48 ms vs 280–292 ms (benchmarks/README.md, issue 13). Wider filters
+# widen one unfiltered query instead.
+DENSE_IDS_MAX = 50_000
+# ... and a filter allowing at most this many is ranked exactly instead: their vectors read
+# with one `get` and ranked by numpy. Chroma's filtered search (ids or `where`) is approximate
+# for so narrow a set: at 52,582 chunks its top 50 among 273 allowed held 22–39 of the exact
+# top 50; the `get` costs what the search does up to ~300 ids (11.5 vs 13 ms), 59 vs 13 ms at
+# 1,000 (benchmarks/README.md, issue 13).
+DENSE_EXACT_MAX = 300
 # Question embeddings run here, overlapped with the keyword search; a few threads so the UI's
 # concurrent questions do not queue behind one another.
 _EMBED_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="qa-query-embed")
@@ -123,6 +138,25 @@ class ChunkTable:
         """The chunk's row, or None when the table lacks it."""
         row = self.row_of.get(chunk_id)
         return row if row is not None and self.present[row] else None
+
+
+def nearest(
+    chunk_ids: list[str], vectors: np.ndarray, vector: list[float], n: int
+) -> dict[str, float]:
+    """chunk id → cosine for the `n` of `chunk_ids` (row i's vector is vectors[i]) nearest
+    `vector`, exactly: one matrix-vector product."""
+    cos = vectors @ np.asarray(vector, dtype=np.float32)
+    top = np.argpartition(-cos, n - 1)[:n] if len(cos) > n else range(len(cos))
+    return {chunk_ids[i]: float(cos[i]) for i in top}
+
+
+def nearest_held(
+    table: ChunkTable, vector: list[float], rows: np.ndarray, n: int
+) -> dict[str, float]:
+    """The `n` nearest of the keyword-index `rows` from the chunk table's vectors (no Chroma
+    call; the table is at most QA_CHUNK_CACHE chunks)."""
+    rows = rows[table.present[rows]]
+    return nearest([table.ids[r] for r in rows], table.vectors[rows], vector, n)
 
 
 def split_by_table(
@@ -284,26 +318,77 @@ class Retriever:
         keyword: KeywordResult,
         filters: Filters,
     ) -> dict[str, float]:
-        """The `n` nearest chunks `filters` allows, from unfiltered neighbours when they hold
-        enough: first the over-fetched ones (`near`, `asked` for), then one query widened by
-        the share of them the filter allowed (DENSE_WIDEST when none). Only a filter narrower
-        than that is asked of Chroma with `where`, which reads every matching chunk's metadata
-        first: p95 4.4 s for a date filter at 666k chunks."""
+        """The `n` nearest chunks `filters` allows: from the over-fetched unfiltered
+        neighbours (`near`, `asked` for) when they hold enough; else among the allowed chunks
+        only: by numpy when the reader holds the chunk table or at most DENSE_EXACT_MAX are
+        allowed (their vectors read by id), by Chroma's `query(ids=…)` when at most
+        DENSE_IDS_MAX are; else from one unfiltered query widened by the share the filter
+        allowed (DENSE_WIDEST when none). Only a filter wider than DENSE_IDS_MAX yet too
+        narrow for that (or whose ids Chroma refused) is asked of Chroma with `where`, which
+        reads every matching chunk's metadata first: p95 4.4 s for a date filter at 666k
+        chunks. Chunks the keyword index does not know (written after its state) are not
+        allowed on any path but the `where`, as `keyword.allows` says."""
 
         def kept(cos: dict[str, float]) -> dict[str, float]:
             allowed = sorted((c for c in cos if keyword.allows(c)), key=lambda c: -cos[c])
             return {c: cos[c] for c in allowed[:n]}
 
         cos = kept(near)
-        if len(cos) < n and len(near) >= asked:  # fewer came back: the collection is all here
-            share = len(cos) / len(near)
-            wider = min(DENSE_WIDEST, math.ceil(2 * n / share)) if cos else DENSE_WIDEST
-            if wider > len(near):
-                near, asked = self.dense_candidates(vector, wider), wider
-                cos = kept(near)
+        if len(cos) >= n or len(near) < asked:  # fewer came back: the collection is all here
+            return cos
+        rows = np.flatnonzero(keyword.allowed)
+        if not len(rows):
+            return {}
+        if keyword.table is not None:
+            return nearest_held(keyword.table, vector, rows, n)
+        chunk_ids = [keyword.index.ids[r] for r in rows] if len(rows) <= DENSE_IDS_MAX else []
+        if 0 < len(chunk_ids) <= DENSE_EXACT_MAX:
+            return self.nearest_read(vector, chunk_ids, n)
+        among = self.nearest_among(vector, chunk_ids, n) if chunk_ids else None
+        if among is not None:
+            return among
+        share = len(cos) / len(near)
+        wider = min(DENSE_WIDEST, math.ceil(2 * n / share)) if cos else DENSE_WIDEST
+        if wider > len(near):
+            near, asked = self.dense_candidates(vector, wider), wider
+            cos = kept(near)
         if len(cos) < n and len(near) >= asked:
             cos = self.dense_candidates(vector, n, filters)
         return cos
+
+    def nearest_read(self, vector: list[float], chunk_ids: list[str], n: int) -> dict[str, float]:
+        """The `n` nearest of `chunk_ids`, exactly: their vectors read with one `get` (a chunk
+        gone from Chroma since the keyword index's state is not returned, so not ranked)."""
+        got = self.index.call(self.index.collection.get, ids=chunk_ids, include=["embeddings"])
+        if not got["ids"]:
+            return {}
+        return nearest(got["ids"], np.asarray(got["embeddings"], dtype=np.float32), vector, n)
+
+    def nearest_among(
+        self, vector: list[float], chunk_ids: list[str], n: int
+    ) -> dict[str, float] | None:
+        """chunk id → cosine for the `n` nearest of `chunk_ids` (Chroma searches those ids
+        only); None when one of them is gone from Chroma (a paper re-written after the
+        keyword index's state: Chroma refuses the whole query with "Error finding id")."""
+
+        def query() -> dict | None:
+            try:
+                return self.index.collection.query(
+                    query_embeddings=[vector],
+                    ids=chunk_ids,
+                    n_results=min(n, len(chunk_ids)),
+                    include=["distances"],
+                )
+            except InternalError as exc:  # the widened query or the `where` answers instead
+                log.debug("no dense query among the allowed chunks: %s", exc)
+                return None
+
+        got = self.index.call(query)  # other failures: one clear error, as every call
+        if got is None:
+            return None
+        return {
+            cid: 1.0 - dist for cid, dist in zip(got["ids"][0], got["distances"][0], strict=True)
+        }
 
     def _dense(
         self, query: str, n: int, filters: Filters | None

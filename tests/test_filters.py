@@ -308,15 +308,31 @@ def test_dense_side_without_where_gives_what_the_where_query_gives(index_env, gi
 
     wide = [[h.paper.key for h in qa.retrieve(q, k=5, **given)] for q in QUESTIONS]
     monkeypatch.setattr(retrieval, "DENSE_OVERFETCH", 0)
-    monkeypatch.setattr(retrieval, "DENSE_WIDEST", 0)
+    where_only(monkeypatch)
     narrow = [[h.paper.key for h in qa.retrieve(q, k=5, **given)] for q in QUESTIONS]
     assert wide == narrow
 
 
-def test_a_widened_query_replaces_most_where_queries_with_the_same_hits(index_env, monkeypatch):
-    """When the over-fetched neighbours hold too few allowed chunks, one unfiltered query
-    widened by the share they allowed comes first (a `where` reads every matching chunk's
-    metadata: seconds at ~1M chunks); hits equal those of the `where` path."""
+def where_only(monkeypatch) -> None:
+    """Dense neighbours the filter allows come from Chroma's `where` once the over-fetched
+    ones fall short: no widened query, no search among the allowed ids, no chunk table."""
+    import qa.retrieval as retrieval
+
+    monkeypatch.setattr(retrieval, "DENSE_WIDEST", 0)
+    monkeypatch.setattr(retrieval, "DENSE_IDS_MAX", 0)
+    monkeypatch.setattr(retrieval, "DENSE_EXACT_MAX", 0)
+    no_table(monkeypatch)
+
+
+def no_table(monkeypatch) -> None:
+    """The reader holds no chunk table (as for an index over QA_CHUNK_CACHE chunks)."""
+    from qa.keyword_index import KeywordIndex
+
+    monkeypatch.setattr(KeywordIndex, "chunk_table", lambda self: None)
+
+
+def count_wheres(monkeypatch) -> list[bool]:
+    """Per dense query from now on: whether it was a `where` query."""
     import qa.retrieval as retrieval
 
     wheres = []
@@ -327,7 +343,76 @@ def test_a_widened_query_replaces_most_where_queries_with_the_same_hits(index_en
         return dense(self, vector, n, filters)
 
     monkeypatch.setattr(retrieval.Retriever, "dense_candidates", spy)
+    return wheres
+
+
+def dense_hits(given: dict) -> list[list[tuple[str, float]]]:
+    return [
+        [(h.paper.key, round(h.dense, 4)) for h in qa.retrieve(q, k=5, mode="dense", **given)]
+        for q in QUESTIONS
+    ]
+
+
+@pytest.mark.parametrize("given", FILTERS, ids=lambda f: json.dumps(f))
+def test_a_narrow_filter_searches_its_allowed_chunks_without_a_where(index_env, given, monkeypatch):
+    """When the over-fetched neighbours hold too few allowed chunks and the filter allows at
+    most DENSE_IDS_MAX, Chroma searches those chunks' ids (a `where` reads every matching
+    chunk's metadata first: ~1 s per question at 1M chunks): no `where`, the same hits."""
+    import qa.retrieval as retrieval
+
     monkeypatch.setattr(retrieval, "DENSE_OVERFETCH", 1)  # the first neighbours rarely do
+    monkeypatch.setattr(retrieval, "DENSE_EXACT_MAX", 0)  # not read and ranked here
+    monkeypatch.setattr(retrieval, "DENSE_WIDEST", 0)  # no widening: ids, else a `where`
+    no_table(monkeypatch)
+    wheres = count_wheres(monkeypatch)
+    among = dense_hits(given)
+    assert wheres and not any(wheres)
+    where_only(monkeypatch)
+    assert dense_hits(given) == among
+    assert any(wheres)
+
+
+@pytest.mark.parametrize("given", FILTERS, ids=lambda f: json.dumps(f))
+def test_the_held_chunk_table_gives_the_nearest_allowed_chunks_of_chroma(
+    index_env, given, monkeypatch
+):
+    """A reader holding the chunk table ranks the allowed chunks by numpy (no Chroma call),
+    as it does with their vectors read by id (a filter allowing at most DENSE_EXACT_MAX); the
+    hits and cosines are those of Chroma's search among the same ids."""
+    import qa.retrieval as retrieval
+    from qa.index import open_index
+    from qa.retrieval import ChunkTable
+
+    monkeypatch.setattr(retrieval, "DENSE_OVERFETCH", 1)
+    qa.retrieve("warm up", k=1)
+    kw = retrieval.get_retriever().keyword_index
+    monkeypatch.setattr(kw, "table", ChunkTable.read(open_index(), kw.ids, kw.row_of))
+    wheres = count_wheres(monkeypatch)
+    among = retrieval.Retriever.nearest_among
+    monkeypatch.setattr(retrieval.Retriever, "nearest_among", None)  # not called: from memory
+    held = dense_hits(given)
+    assert len(wheres) == len(QUESTIONS)  # the over-fetch only
+    no_table(monkeypatch)
+    monkeypatch.setattr(retrieval, "DENSE_EXACT_MAX", 10**6)
+    assert dense_hits(given) == held
+    monkeypatch.setattr(retrieval.Retriever, "nearest_among", among)
+    monkeypatch.setattr(retrieval, "DENSE_EXACT_MAX", 0)
+    assert dense_hits(given) == held
+    assert not any(wheres)
+
+
+def test_a_widened_query_replaces_most_where_queries_with_the_same_hits(index_env, monkeypatch):
+    """A filter too wide for a search among its ids, whose over-fetched neighbours hold too
+    few allowed chunks: one unfiltered query widened by the share they allowed comes first (a
+    `where` reads every matching chunk's metadata: seconds at ~1M chunks); hits equal those of
+    the `where` path."""
+    import qa.retrieval as retrieval
+
+    monkeypatch.setattr(retrieval, "DENSE_OVERFETCH", 1)  # the first neighbours rarely do
+    monkeypatch.setattr(retrieval, "DENSE_IDS_MAX", 0)
+    monkeypatch.setattr(retrieval, "DENSE_EXACT_MAX", 0)
+    no_table(monkeypatch)
+    wheres = count_wheres(monkeypatch)
 
     def hits() -> list[list[str]]:
         return [
@@ -338,7 +423,7 @@ def test_a_widened_query_replaces_most_where_queries_with_the_same_hits(index_en
 
     widened = hits()
     widened_wheres, calls = sum(wheres), len(wheres)
-    monkeypatch.setattr(retrieval, "DENSE_WIDEST", 0)  # no widening: the `where` path
+    where_only(monkeypatch)  # no widening: the `where` path
     wheres.clear()
     assert hits() == widened
     assert widened_wheres < sum(wheres) / 2, (widened_wheres, sum(wheres), calls)
@@ -392,3 +477,40 @@ def test_a_keyword_index_saved_without_facets_still_filters_through_chroma(index
     finally:
         kw.facets = facets
     assert with_facets.any() and (with_facets == without).all()
+
+
+def test_a_narrow_filter_when_an_allowed_chunk_is_gone_from_chroma(index_mode, monkeypatch):
+    """Searching among the allowed ids on `chroma run` and embedded; a chunk the reader's
+    keyword index still lists but Chroma no longer holds (deleted behind its back, as when a
+    paper is re-written before the reader sees the new state) makes Chroma refuse a search
+    among ids: the question is answered by the `where` instead, without that paper. Reading
+    the allowed vectors by id (DENSE_EXACT_MAX) passes over it: no `where`, the same hits."""
+    import qa.retrieval as retrieval
+    from qa.index import open_index
+
+    monkeypatch.setenv("QA_CANDIDATES", "5")  # 12 neighbours for k=3, of the 24 chunks
+    get_settings.cache_clear()
+    build_index(extra_papers(), progress=False)
+    monkeypatch.setattr(retrieval, "DENSE_OVERFETCH", 1)
+    monkeypatch.setattr(retrieval, "DENSE_WIDEST", 0)
+    monkeypatch.setattr(retrieval, "DENSE_EXACT_MAX", 0)
+    no_table(monkeypatch)
+    wheres = count_wheres(monkeypatch)
+    given = {"categories": ["hep-th"], "since": "2020"}  # 6 papers: fewer than 12 neighbours
+    question = "string theory flux compactifications"
+    among = qa.retrieve(question, k=3, mode="dense", **given)
+    assert len(among) == 3 and not any(wheres)
+
+    gone = among[0].paper.key
+    open_index().collection.delete(ids=[f"{gone}#0"])
+    wheres.clear()
+    after = qa.retrieve(question, k=3, mode="dense", **given)
+    assert any(wheres)
+    assert len(after) == 3 and gone not in {h.paper.key for h in after}
+    assert all(Filters.make(**given).matches(h.paper) for h in after)
+
+    monkeypatch.setattr(retrieval, "DENSE_EXACT_MAX", 10**6)
+    wheres.clear()
+    read = qa.retrieve(question, k=3, mode="dense", **given)
+    assert not any(wheres)
+    assert [h.paper.key for h in read] == [h.paper.key for h in after]
