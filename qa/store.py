@@ -689,12 +689,13 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 def _file_signature(path: Path) -> tuple[int, int, int] | None:
-    """(inode, size, mtime in ns) of a file, None when there is none."""
+    """(inode, size, mtime in ns) of a file; None when it is missing or empty (a reader's
+    connection creates an empty WAL and its close may delete it: neither holds a commit)."""
     try:
         stat = path.stat()
     except OSError:
         return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns) if stat.st_size else None
 
 
 def _counter(conn: sqlite3.Connection, name: str) -> int:
