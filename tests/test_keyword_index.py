@@ -107,7 +107,10 @@ def rewritten(paper, word: str):
     return dataclasses.replace(paper, abstract=f"We study {word}. " + paper.abstract[:300])
 
 
-def test_the_matrix_from_the_flat_arrays_equals_bm25s_own_index():
+@pytest.mark.parametrize("block", [None, 7])
+def test_the_matrix_from_the_flat_arrays_equals_bm25s_own_index(block, monkeypatch):
+    if block:  # terms counted a few chunks at a time: still the same matrix
+        monkeypatch.setattr(keyword_index, "MATRIX_BLOCK", block)
     papers = seed_papers()[:80]
     chunks = [c for p in papers for c in chunks_of(p)]
     rows = Rows.encode(
