@@ -58,7 +58,7 @@ TOKENIZER = "t2"
 FACETS_FILE = "facets.npz"  # per-chunk dates and match keys (filters), beside the BM25 files
 ROWS_FILE = "rows.npz"  # per-chunk token ids and papers: what the writer's next update starts from
 PAGE = 5000  # chunks per Chroma `get` of a full build (one page of texts held at a time)
-MATRIX_BLOCK = 1 << 14  # chunks whose terms `bm25_matrix` counts at a time
+MATRIX_BLOCK = 4096  # chunks whose terms `bm25_matrix` counts at a time
 READ_BATCH = 1000  # chunk ids per Chroma `get` when reading back changed papers
 MIXED = "mixed"  # a paper whose chunks carry different hashes (never trusted as unchanged)
 K1, B = 1.5, 0.75  # bm25s' defaults (method "lucene")
@@ -309,8 +309,9 @@ def bm25_matrix(rows: Rows) -> tuple[bm25s.BM25, np.ndarray]:
 
     Terms are counted MATRIX_BLOCK chunks at a time and each block's (word, chunk) pairs are
     then placed into the column-compressed matrix (a counting sort), so the temporaries are
-    a block's, not ~40 bytes per token of the whole corpus (a full build's peak memory at
-    87,612 chunks: benchmarks/README.md)."""
+    a block's, not ~40 bytes per token of the whole corpus: at 87,612 chunks (7.2M tokens)
+    +126 MB peak and 1.1-1.4 s, against +300 MB and 2.7-2.9 s in one `np.unique` (blocks of
+    16,384 chunks: +190 MB; 1,024: +115 MB, no faster)."""
     n, n_vocab = len(rows.offsets) - 1, len(rows.vocab)
     lengths = np.diff(rows.offsets)
     blocks = [
