@@ -261,9 +261,7 @@ def saved_files(index: Index) -> dict[str, object]:
     return files
 
 
-def test_a_full_build_reads_a_page_at_a_time_and_equals_the_one_page_build(
-    index_mode, monkeypatch
-):
+def test_a_full_build_reads_a_page_at_a_time_and_equals_the_one_page_build(index_mode, monkeypatch):
     kinds = (["cs.CL"], ["cs.LG", "cs.CL"], ["math.ST"])
     papers = [
         dataclasses.replace(p, categories=kinds[i % 3], authors=[f"A. Writer{i % 4}", "B. Both"])
