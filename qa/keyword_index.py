@@ -11,7 +11,9 @@ papers added or re-written since, and re-assembles the BM25 matrix, idf and face
 arrays. Which papers changed is what the writer's record says the collection holds now
 (`Held`) against the hashes in the copy, so it holds across any number of writes and kills
 between saves. A copy it cannot trust (missing, unreadable, another collection or chunk size,
-an account rebuilt from Chroma since, a count that does not add up) means a full build.
+an account rebuilt from Chroma since, a count that does not add up) means a full build, which
+reads Chroma a page at a time and stems each page as it arrives: it holds the flat arrays and
+one page of texts, not every chunk's text and metadata (10.2 GB at 1.0M chunks before).
 """
 
 from __future__ import annotations
@@ -272,7 +274,7 @@ class FacetPages:
 
     def facets(self) -> ChunkFacets:
         keys = np.concatenate(self.keys) if self.keys else _NO_ROWS
-        rows = (np.concatenate(self.rows) if self.rows else _NO_ROWS).astype(np.int32)
+        rows = np.concatenate(self.rows) if self.rows else _NO_ROWS
         order = np.argsort(keys, kind="stable")  # key by key, rows ascending within each
         sizes = np.bincount(keys, minlength=len(self.key_of))
         parts = np.split(rows[order], np.cumsum(sizes)[:-1]) if self.key_of else []
