@@ -112,7 +112,10 @@ def rewritten(paper, word: str):
     return dataclasses.replace(paper, abstract=f"We study {word}. " + paper.abstract[:300])
 
 
-def test_the_matrix_from_the_flat_arrays_equals_bm25s_own_index():
+@pytest.mark.parametrize("block", [None, 7])
+def test_the_matrix_from_the_flat_arrays_equals_bm25s_own_index(block, monkeypatch):
+    if block:  # terms counted a few chunks at a time: still the same matrix
+        monkeypatch.setattr(keyword_index, "MATRIX_BLOCK", block)
     papers = seed_papers()[:80]
     chunks = [c for p in papers for c in chunks_of(p)]
     rows = Rows.encode(
@@ -285,3 +288,71 @@ def test_the_saved_rows_describe_the_saved_index(index_mode):
         assert [rows.vocab[t] for t in tokens] == stems(text[cid])
         assert rows.keys[rows.paper[row]] == meta[cid]["key"]
         assert rows.hashes[rows.paper[row]] == meta[cid]["paper_hash"]
+
+
+def saved_files(index: Index) -> dict[str, object]:
+    """The saved copy of the committed state, file by file (.npz files as their arrays: the
+    zip members carry the time they were written)."""
+    cache = keyword_index._cache_dir(index, *index.snapshot())
+    files: dict[str, object] = {}
+    for path in sorted(cache.iterdir()):
+        if path.suffix == ".npz":
+            with np.load(path) as data:
+                files[path.name] = {name: data[name] for name in data.files}
+        else:
+            files[path.name] = path.read_bytes()
+    return files
+
+
+def test_a_full_build_reads_a_page_at_a_time_and_equals_the_one_page_build(index_mode, monkeypatch):
+    kinds = (["cs.CL"], ["cs.LG", "cs.CL"], ["math.ST"])
+    papers = [
+        dataclasses.replace(p, categories=kinds[i % 3], authors=[f"A. Writer{i % 4}", "B. Both"])
+        for i, p in enumerate(seed_papers()[:40])
+    ]  # keys many chunks share, so postings cross pages
+    build_index(papers, progress=False)
+    index = open_index()
+    revision, count = index.snapshot()
+    whole = KeywordIndex()
+    whole.build(index, revision, count)  # no saved copy to update: a full build, one page
+    whole_files = saved_files(index)
+    pages: list[int] = []
+    call = Index.call
+
+    def spy_call(index, fn, *args, **kwargs):
+        got = call(index, fn, *args, **kwargs)
+        if getattr(fn, "__name__", "") == "get":
+            pages.append(len(got["ids"]))
+        return got
+
+    monkeypatch.setattr(Index, "call", spy_call)
+    monkeypatch.setattr(keyword_index, "PAGE", 7)
+    paged = KeywordIndex()
+    paged.build(index, revision, count)
+    assert count > 40 and sum(pages) == count
+    assert max(pages) == 7 and len(pages) == -(-count // 7)  # page by page, never more
+
+    assert paged.ids == whole.ids and paged.idf == whole.idf
+    for key in ("data", "indices", "indptr"):
+        assert np.array_equal(paged.model.scores[key], whole.model.scores[key])
+    for name in ("tokens", "offsets", "paper"):
+        assert np.array_equal(getattr(paged.rows, name), getattr(whole.rows, name))
+    assert (paged.rows.vocab, paged.rows.keys, paged.rows.hashes) == (
+        whole.rows.vocab,
+        whole.rows.keys,
+        whole.rows.hashes,
+    )
+    assert np.array_equal(paged.facets.published, whole.facets.published)
+    assert list(paged.facets.postings) == list(whole.facets.postings)
+    assert any(len(rows) > 7 for rows in whole.facets.postings.values())  # across pages
+    for name, rows in whole.facets.postings.items():
+        assert np.array_equal(paged.facets.postings[name], rows), name
+    files = saved_files(index)
+    assert files.keys() == whole_files.keys() and "rows.npz" in files
+    for name, content in whole_files.items():
+        if isinstance(content, bytes):
+            assert files[name] == content, name
+        else:
+            assert content.keys() == files[name].keys(), name
+            for key, values in content.items():
+                assert np.array_equal(files[name][key], values), (name, key)

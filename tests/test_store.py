@@ -101,6 +101,35 @@ def test_a_writer_holds_one_connection_and_commits_each_transaction(tmp_path, mo
     assert len(opened) == 3 and store.count() == 4
 
 
+def test_generation_is_read_again_only_when_the_record_files_change(tmp_path, monkeypatch):
+    """Readers ask for the generation once a question: while the record's files are unchanged
+    (and older than a coarse file clock's tick) no connection is opened, and a commit by
+    another process (or this one) is seen at the next call."""
+    import os
+    import subprocess
+    import sys
+
+    store = CorpusStore(tmp_path / "corpus.sqlite3")
+    store.add([paper("a", A)])
+    start = store.set_meta({"x": "1"})
+    connect = sqlite3.connect
+    opened: list[str] = []
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: opened.append(str(a[0])) or
+                        connect(*a, **k))  # fmt: skip
+    assert store.generation() == start and len(opened) == 1  # just written: read again
+    assert store.generation() == start and len(opened) == 2
+    files = [f for f in (store.path, Path(f"{store.path}-wal")) if f.exists()]
+    for f in files:  # as if the last commit were a minute ago
+        os.utime(f, (f.stat().st_atime - 60, f.stat().st_mtime - 60))
+    assert store.generation() == start and len(opened) == 3
+    assert store.generation() == start and store.generation() == start and len(opened) == 3
+    bump = "import sys; from qa.store import CorpusStore; CorpusStore(sys.argv[1]).set_meta({})"
+    subprocess.run([sys.executable, "-c", bump, str(store.path)], check=True, cwd=ROOT)
+    assert store.generation() == start + 1  # another process's commit, seen at once
+    store.set_meta({"y": "2"})
+    assert store.generation() == start + 2
+
+
 def test_reading_an_absent_record_creates_nothing(tmp_path):
     store = CorpusStore(tmp_path / "nothing" / "corpus.sqlite3")
     assert store.papers() == [] and store.count() == 0 and store.generation() == 0
