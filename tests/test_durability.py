@@ -267,11 +267,24 @@ def _sqlite_count(db: Path, collection: str) -> int:
 def test_two_concurrent_ingests_end_with_every_paper_once(index_mode, small_seeds, tmp_path):
     a = write_jsonl(tmp_path / "a.jsonl", [made_up(f"alpha{i}word", i) for i in range(30)])
     b = write_jsonl(tmp_path / "b.jsonl", [made_up(f"beta{i}word", 100 + i) for i in range(30)])
+    from filelock import FileLock
+
+    from qa.store import corpus_path
+
     assert run_qa("ingest").returncode == 0
-    first, second = start_qa("ingest", str(a)), start_qa("ingest", str(b))
-    results = [p.communicate(timeout=QA_TIMEOUT) for p in (first, second)]
-    assert first.returncode == 0 and second.returncode == 0, results
-    assert any("waiting up to" in err for _, err in results)  # one waited, and said so
+    # Both start while the record is held, so they surely overlap (two processes merely
+    # started together may not, on a loaded machine): each waits and says so; released, one
+    # writes while the other waits for it.
+    with FileLock(f"{corpus_path()}.lock"):
+        first, second = start_qa("ingest", str(a)), start_qa("ingest", str(b))
+        errs = [_lines(first.stderr), _lines(second.stderr)]
+        deadline = time.monotonic() + QA_TIMEOUT
+        while not all(any("waiting up to" in line for line in err) for err in errs):
+            running = first.poll() is None and second.poll() is None
+            assert running and time.monotonic() < deadline, errs
+            time.sleep(0.05)
+    results = [p.communicate(timeout=QA_TIMEOUT)[0] for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, (results, errs)
     ids = chunk_ids()
     assert len(ids) == len(set(ids))
     keys = {c.rsplit("#", 1)[0] for c in ids}
@@ -279,6 +292,13 @@ def test_two_concurrent_ingests_end_with_every_paper_once(index_mode, small_seed
     assert expected <= keys and len(keys) == 12 + 60
     assert len(open_store().papers()) == 72
     assert keys_found("beta7word regulariser")[0] == "2512.00107"
+
+
+def _lines(stream) -> list[str]:
+    """The lines of a child's stream as they come (a thread reads them into the list)."""
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(stream), daemon=True).start()
+    return lines
 
 
 def test_second_writer_gives_up_after_the_wait_with_a_clear_message(small_seeds, monkeypatch):
