@@ -572,7 +572,7 @@ def test_hits_from_the_in_memory_chunks_equal_hits_read_from_chroma(seeded, monk
     monkeypatch.setattr(index, "call", spy)
     from_memory = answers(held)
     assert "get" not in gets  # neither the keyword top's vectors nor the hits' records
-    monkeypatch.setattr(settings, "chunk_cache", index.count() - 1)  # one chunk too many
+    monkeypatch.setattr(index.settings, "chunk_cache", index.count() - 1)  # one chunk too many
     read = retrieval.Retriever(index)
     from_chroma = answers(read)
     assert read.keyword_index.chunk_table() is None
