@@ -328,6 +328,7 @@ def filtered_latency(tag: str, settings, label: str, rounds: int, budget: float,
     1M chunks), the agreement then counted over the questions they answered."""
     import qa.retrieval as retrieval
     from qa.retrieval import retrieve
+    from qa.store import IndexUnavailable
 
     qs = questions()
     t = time.perf_counter()
@@ -366,11 +367,19 @@ def filtered_latency(tag: str, settings, label: str, rounds: int, budget: float,
                 if time.perf_counter() > until:
                     break
                 t = time.perf_counter()
-                hits = retrieve(q, settings=settings, **filters)
+                try:
+                    hits = retrieve(q, settings=settings, **filters)
+                except IndexUnavailable as exc:  # a `where` past QA_CHROMA_TIMEOUT (at 1M)
+                    if not changed:
+                        raise
+                    line(f"{tag}: retrieve warm, {label}{name}", f"stopped: {exc}")
+                    break
                 times.append(time.perf_counter() - t)
                 short += len(hits) < settings.k
                 got.append([h.paper.key for h in hits])
             results[name] = got
+            if not times:
+                continue
             summary = latency_summary(times) + f", {short} calls < k hits"
             line(
                 f"{tag}: retrieve warm, {label}{name}",
