@@ -176,11 +176,10 @@ def tokenizer_chunk_rate(papers: list) -> float:
 
 def record_of(index):
     """The corpus record and this collection's account in it (started if there is none)."""
-    from qa.ingest import _coll
     from qa.store import SyncState, open_store
 
     store = open_store(index.settings)
-    coll = _coll(index.settings, index.name)
+    coll = index.coll()
     if store.sync_state(coll) is None:
         store.reset_indexed(coll, SyncState(str(index.collection.id), -1, 0, CHUNK_TOKENS))
     return store, coll

@@ -119,7 +119,6 @@ def cmd_papers(args: argparse.Namespace) -> int:
     """What the corpus record holds: counts by origin and source file, or every paper."""
     from collections import Counter
 
-    from qa.index import target_of
     from qa.store import open_store
 
     settings = _settings(args)
@@ -144,9 +143,12 @@ def cmd_papers(args: argparse.Namespace) -> int:
     )
     for source, n in sorted(Counter(s for p in papers for s in p.sources).items()):
         print(f"  {n:6d}  {source}")
-    active = store.active(target_of(settings))
-    if active:
-        print(f"index: collection {active.name}, {active.chunks} chunks, built with {active.model}")
+    for target, active in sorted(store.actives().items()):
+        where = target.rpartition("|")[0]
+        print(
+            f"index: collection {active.name} ({where}), {active.chunks} chunks, "
+            f"built with {active.model}"
+        )
     return 0
 
 

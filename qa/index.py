@@ -206,7 +206,7 @@ def _chroma_settings() -> ChromaSettings:
     return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
 
 
-def _describe_location(settings: Settings) -> str:
+def describe_location(settings: Settings) -> str:
     if settings.chroma_url:
         return f"the Chroma server at {settings.chroma_url} (QA_CHROMA_URL)"
     return f"the index at {settings.persist_dir} (QA_PERSIST_DIR)"
@@ -374,7 +374,7 @@ def chroma_error(settings: Settings, exc: BaseException) -> IndexUnavailable:
 
 def unavailable_message(settings: Settings, exc: BaseException) -> str:
     """One line: where, what went wrong (a full disk or read-only store by name), the fix."""
-    what = _describe_location(settings)
+    what = describe_location(settings)
     fault = fault_reason(exc, None if settings.chroma_url else settings.persist_dir)
     if fault == "the disk is full":
         return (
@@ -412,9 +412,37 @@ def _timed_out(exc: BaseException) -> bool:
     return False
 
 
-def target_of(settings: Settings) -> str:
-    """This index's name in the corpus record: where it lives and its collection name."""
-    return f"{settings.chroma_url or 'embedded'}|{settings.collection}"
+def record_key(where: str, name: str) -> str:
+    """A target's or a collection's name in the corpus record: where it lives, then which."""
+    return f"{where}|{name}"
+
+
+def store_where(settings: Settings, corpus: CorpusStore, client: chromadb.ClientAPI) -> str:
+    """The record's name for where the collections live: "embedded", or the Chroma server's
+    URL as it was first recorded.
+
+    The same server reached by another URL (restarted on another port, `localhost` for
+    `127.0.0.1`, behind a proxy) is recognised by its collections' Chroma ids, which are
+    UUIDs: keyed by the URL as written, a reader there saw no index and started a first
+    build, a write reconciling every chunk (at 1M chunks it read all their metadata)."""
+    url = settings.chroma_url
+    if not url:
+        return "embedded"
+    if not corpus.exists() or corpus.active(record_key(url, settings.collection)):
+        return url
+    for coll, state in corpus.sync_states().items():
+        where, _, name = coll.rpartition("|")
+        if where in ("embedded", url):
+            continue
+        try:
+            found = client.get_collection(name, embedding_function=None)
+        except chromadb.errors.NotFoundError:
+            continue
+        except Exception as exc:
+            raise chroma_error(settings, exc) from exc
+        if str(found.id) == state.id:
+            return where
+    return url
 
 
 class GuardedEmbeddings(Embeddings):
@@ -489,12 +517,22 @@ class Index:
         self.client = make_client(settings)
         self._system = _chroma_system(self.client)
         self._retired_systems: list = []
+        self.where = store_where(settings, self.corpus, self.client)
         self.pinned = name is not None  # a collection being built: never follows the pointer
         self.name = name or self._active_name()
         self._collection = self._open_collection(create)
 
+    @property
+    def target(self) -> str:
+        """The record's name for this index (the active collection's pointer is kept there)."""
+        return record_key(self.where, self.settings.collection)
+
+    def coll(self, name: str | None = None) -> str:
+        """The record's name for a collection's account (this handle's, unless `name`)."""
+        return record_key(self.where, name or self.name)
+
     def _active_name(self) -> str:
-        active = self.corpus.active(target_of(self.settings))
+        active = self.corpus.active(self.target)
         return active.name if active else self.settings.collection
 
     def _open_collection(self, create: bool) -> chromadb.Collection | None:
@@ -525,7 +563,7 @@ class Index:
     def collection(self) -> chromadb.Collection:
         if self._collection is None:
             raise IndexUnavailable(
-                f"there is no index yet in {_describe_location(self.settings)}; run "
+                f"there is no index yet in {describe_location(self.settings)}; run "
                 "`qa ingest` to build it from the corpus record"
             )
         return self._collection
@@ -551,6 +589,7 @@ class Index:
                 self._retire_system()
                 self.client = make_client(self.settings, fresh=True)
                 self._system = _chroma_system(self.client)
+            self.where = store_where(self.settings, self.corpus, self.client)
             self.name = self._active_name()
             self._collection = self._open_collection(create=False)
             if self.exists:
@@ -598,7 +637,7 @@ class Index:
     def snapshot(self) -> tuple[int, int]:
         """(revision, chunks) of the last committed write: what readers' keyword index
         follows, so chunks a writer is still adding are not seen half-way."""
-        active = self.corpus.active(target_of(self.settings)) if not self.pinned else None
+        active = self.corpus.active(self.target) if not self.pinned else None
         if active and active.name == self.name:
             return self.generation, active.chunks
         return self.revision(), self.count()
@@ -691,7 +730,7 @@ def check_model(index: Index) -> None:
     spec = built.get("embedding_spec")
     back = f"set QA_EMBEDDINGS={spec} again" if spec else "set QA_EMBEDDINGS back"
     raise IndexUnavailable(
-        f"{_describe_location(index.settings)} was built with the embedding model {built_with}, "
+        f"{describe_location(index.settings)} was built with the embedding model {built_with}, "
         f"but QA_EMBEDDINGS={index.settings.embeddings} selects {index.model_id}; run "
         f"`qa ingest --rebuild` to re-embed every recorded paper with it (the current index "
         f"keeps answering until that finishes), or {back}"

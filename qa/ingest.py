@@ -41,12 +41,13 @@ from qa.index import (
     StoreDamaged,
     check_model,
     chunk_paper,
+    describe_location,
     forget_index,
     forget_indexes,
     is_kept_file,
     open_index,
     paper_hash,
-    target_of,
+    record_key,
 )
 from qa.keyword_index import Held
 from qa.store import (
@@ -237,11 +238,11 @@ def _rebuild(settings: Settings, store: CorpusStore, report: IngestReport, progr
     A kill at any point leaves the old collection active and answering; the next rebuild
     resumes the unfinished new one (its papers' hashes say what is done).
     """
-    target = target_of(settings)
     if not settings.chroma_url:
         forget_index(settings)  # a handle may hold a database deleted or damaged since
     try:
         current = open_index(settings)
+        target = current.target
         old = current.name if current.exists else None
         built_with = current.built_with() if old else None
         report.rebuilt = (
@@ -251,6 +252,7 @@ def _rebuild(settings: Settings, store: CorpusStore, report: IngestReport, progr
         )
     except StoreDamaged:  # Chroma's own files: a bad model, record, full disk never get here
         _wipe_corrupt_store(settings)
+        target = record_key("embedded", settings.collection)  # only an embedded store is
         old, report.rebuilt = None, "the old index could not be opened"
     pending = store.get_meta(f"pending:{target}")
     name = pending if pending and pending != old else f"{settings.collection}-g{store.generation()}"
@@ -282,7 +284,7 @@ def _drop_retired(index: Index, store: CorpusStore) -> None:
     """Delete the collections earlier rebuilds replaced. Left until the next write, so a
     question in flight in a reader when the switch was committed still finishes on the old
     one (readers move to the new one at their next question)."""
-    target = target_of(index.settings)
+    target = index.target
     names = _retired(store, target)
     if not names:
         return
@@ -291,7 +293,7 @@ def _drop_retired(index: Index, store: CorpusStore) -> None:
             index.client.delete_collection(name)
         except Exception as exc:  # gone already is fine
             log.debug("delete_collection %s: %s", name, exc)
-        store.forget_collection(_coll(index.settings, name))
+        store.forget_collection(index.coll(name))
     store.set_meta({f"retired:{target}": None}, bump=False)
 
 
@@ -299,7 +301,7 @@ def _commit(
     index: Index, store: CorpusStore, report: IngestReport, keyword_index: bool = True
 ) -> None:
     """Point readers at the collection's new state (bumps the generation they watch)."""
-    target = target_of(index.settings)
+    target = index.target
     active = store.active(target)
     changed = report.chunks_written or report.removed or active is None
     if not (changed or report.recorded.added or report.recorded.updated):
@@ -330,7 +332,7 @@ def _save_keyword_index(index: Index, store: CorpusStore, generation: int, count
 def _held(index: Index, store: CorpusStore, count: int) -> Held | None:
     """What the record says the collection holds after a complete fill (None: an account that
     does not match Chroma's count, or a paper not whole; the keyword index is then rebuilt)."""
-    coll = _coll(index.settings, index.name)
+    coll = index.coll()
     state = store.sync_state(coll)
     if state is None or state.chunks != count or state.id != str(index.collection.id):
         return None
@@ -342,17 +344,12 @@ def _held(index: Index, store: CorpusStore, count: int) -> Held | None:
     return Held(f"{state.id}|{state.tokens}|{store.resets(coll)}", papers)
 
 
-def _coll(settings: Settings, name: str) -> str:
-    """A collection's name in the record's per-collection account: where it lives and which."""
-    return f"{settings.chroma_url or 'embedded'}|{name}"
-
-
 def _fill(index: Index, store: CorpusStore, report: IngestReport, progress: bool) -> None:
     """Upsert what is missing or changed, relabel sources, remove what the record lacks,
     examining only the papers recorded since the collection was last in line."""
     with index.lock:
         index.create()
-        coll = _coll(index.settings, index.name)
+        coll = index.coll()
         since, removals = _sync_point(index, store, coll)
         head = store.counter("rev")
         embedder = CachedEmbeddings(index.embeddings, index.model_id)
@@ -627,15 +624,36 @@ def ensure_index(settings: Settings | None = None, progress: bool = True) -> Ind
     another embedding model is refused with the fixing command, never rebuilt here."""
     settings = settings or get_settings()
     index = open_index(settings)
-    # no index at all, or a first build that never finished (recorded, never committed);
-    # an index from before the corpus record (no record) is used as it is
-    first_build = not index.exists or (
-        index.corpus.active(target_of(settings)) is None
-        and (index.corpus.exists() or index.count() == 0)
-    )
-    if first_build:
+    if _first_build(index):
         papers = None if index.corpus.count() == 0 else []  # seeds, or the record as it is
         build_index(papers, settings=settings, progress=progress)
         index = open_index(settings)
     check_model(index)
     return index
+
+
+def _first_build(index: Index) -> bool:
+    """No index at all, or this record's own first build that never finished (recorded,
+    never committed). An index from before the corpus record (no record) is used as it is.
+
+    A collection holding chunks the record has no account of is refused, never taken over
+    by a read: taking it over reconciles the account from every chunk's metadata (at 1M
+    chunks on `chroma run`, a reader died in that write after its 60 s timeout)."""
+    corpus = index.corpus
+    if not index.exists:
+        return True
+    if corpus.active(index.target) is not None:
+        return False
+    if index.count() == 0:
+        return True
+    if not corpus.exists():
+        return False
+    state = corpus.sync_state(index.coll())
+    if state is not None and state.id == str(index.collection.id):
+        return True
+    raise IndexUnavailable(
+        f"the collection {index.name!r} in {describe_location(index.settings)} holds "
+        f"{index.count():,} chunks that the corpus record {corpus.path} has no account of (it "
+        "was written through another QA_CHROMA_URL or by another record); point "
+        "QA_CORPUS_PATH at the record that built it, or run `qa ingest` to take it over"
+    )

@@ -683,7 +683,6 @@ def _drop_superseded(cache: Path) -> None:
 
 def _cache_dir(index: Index, revision: int, count: int) -> Path:
     """Where the keyword index for this collection state lives (hidden: not Chroma's)."""
-    where = index.settings.chroma_url or "embedded"
-    key = f"{where}|{index.settings.collection}|{TOKENIZER}"
+    key = f"{index.target}|{TOKENIZER}"
     tag = hashlib.sha1(key.encode()).hexdigest()[:10]
     return index.settings.persist_dir / ".keyword-index" / f"{tag}-r{revision}-n{count}"

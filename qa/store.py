@@ -486,6 +486,10 @@ class CorpusStore:
         raw = self.get_meta(f"synced:{coll}")
         return SyncState(**json.loads(raw)) if raw else None
 
+    def sync_states(self) -> dict[str, SyncState]:
+        """Every collection the record keeps an account of, by its record name."""
+        return {c: SyncState(**json.loads(v)) for c, v in self._metas("synced:").items()}
+
     def set_synced(self, coll: str, rev: int, tokens: int) -> None:
         """Every paper up to `rev` is now in line with `coll`, chunked for `tokens` (after a
         complete fill)."""
@@ -669,9 +673,23 @@ class CorpusStore:
                     )
             return _bump(conn) if bump else _generation(conn)
 
+    def _metas(self, prefix: str) -> dict[str, str]:
+        """Meta values whose name starts with `prefix`, by the rest of the name."""
+        if not self.exists():
+            return {}
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT name, value FROM meta WHERE substr(name, 1, ?) = ?", (len(prefix), prefix)
+            ).fetchall()
+        return {name[len(prefix) :]: value for name, value in rows}
+
     def active(self, target: str) -> Active | None:
         raw = self.get_meta(f"active:{target}")
         return Active(**json.loads(raw)) if raw else None
+
+    def actives(self) -> dict[str, Active]:
+        """Every index readers use (embedded, each Chroma server), by its record name."""
+        return {t: Active(**json.loads(v)) for t, v in self._metas("active:").items()}
 
     def set_active(self, target: str, active: Active, **more: str | None) -> int:
         """Switch readers to `active` (with other meta changes, atomically)."""

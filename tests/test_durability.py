@@ -168,15 +168,21 @@ def test_other_embedding_model_on_ask_touches_nothing(index_mode, small_seeds, t
     assert keys_found("zorbulation regulariser")[0] == "2512.00000"
 
 
+def _target() -> str:
+    """The index's name in the corpus record (the URL as written: one server, one URL here)."""
+    settings = get_settings()
+    return qa.index.record_key(settings.chroma_url or "embedded", settings.collection)
+
+
 def test_rebuild_with_an_unusable_model_touches_nothing(small_seeds, monkeypatch):
     """`--rebuild` with embeddings that cannot load (no API key) stops before any write."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert run_qa("ingest").returncode == 0
-    before, active = sorted(chunk_ids()), open_store().active(qa.index.target_of(get_settings()))
+    before, active = sorted(chunk_ids()), open_store().active(_target())
     rebuilt = run_qa("ingest", "--rebuild", env={"QA_EMBEDDINGS": "openai:text-embedding-3-small"})
     assert rebuilt.returncode == 2 and "OPENAI_API_KEY" in rebuilt.stderr, rebuilt.stderr
     assert sorted(chunk_ids()) == before
-    assert open_store().active(qa.index.target_of(get_settings())) == active
+    assert open_store().active(_target()) == active
 
 
 def test_reembed_kill_leaves_the_old_index_answering_then_completes(index_mode, small_seeds):
@@ -184,7 +190,7 @@ def test_reembed_kill_leaves_the_old_index_answering_then_completes(index_mode, 
     next rebuild resumes the unfinished one and switches."""
     assert run_qa("ingest").returncode == 0
     store = open_store()
-    active = store.active(qa.index.target_of(get_settings()))
+    active = store.active(_target())
     child = subprocess.Popen(
         [sys.executable, "-c", SLOW_REBUILD],
         cwd=ROOT,
@@ -195,11 +201,11 @@ def test_reembed_kill_leaves_the_old_index_answering_then_completes(index_mode, 
     )
 
     def new_collection_part_filled() -> bool:
-        pending = store.get_meta(f"pending:{qa.index.target_of(get_settings())}")
+        pending = store.get_meta(f"pending:{_target()}")
         return bool(pending) and _count(pending) >= 3
 
     kill_when(child, new_collection_part_filled, timeout=120)
-    assert store.active(qa.index.target_of(get_settings())) == active  # not switched
+    assert store.active(_target()) == active  # not switched
     probe = json.loads((small_seeds / "seeds.jsonl").read_text().splitlines()[3])
     asked = run_qa("ask", probe["title"])
     assert asked.returncode == 0, asked.stderr
@@ -207,7 +213,7 @@ def test_reembed_kill_leaves_the_old_index_answering_then_completes(index_mode, 
 
     done = run_qa("ingest", "--rebuild")
     assert done.returncode == 0, done.stderr
-    now = store.active(qa.index.target_of(get_settings()))
+    now = store.active(_target())
     assert now.name != active.name and now.chunks == active.chunks
     assert len(set(chunk_ids())) == active.chunks
     assert f"[arXiv:{probe['arxiv_id']}]" in run_qa("ask", probe["title"]).stdout

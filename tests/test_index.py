@@ -640,6 +640,95 @@ def test_server_going_down_mid_session(fresh_chroma_server, monkeypatch):
     assert qa.retrieve(papers[1].title, k=2)[0].paper.key == papers[1].key
 
 
+def _record_state() -> tuple[int, dict, dict]:
+    """What a write would change in the corpus record: generation, indexes, accounts."""
+    store = qa.store.open_store()
+    return store.generation(), store.actives(), store.sync_states()
+
+
+@pytest.mark.server
+def test_server_reached_by_another_url_is_the_same_index(fresh_chroma_server, monkeypatch):
+    """The record names a `chroma run` server as first written; the same server restarted on
+    another port, or reached as `localhost`, is recognised by its collections' ids: a reader
+    there answers from the index and loads the saved keyword index, and writes nothing."""
+    from qa.keyword_index import KeywordIndex
+
+    server = fresh_chroma_server
+    use_server(monkeypatch, server.url)
+    collection = get_settings().collection
+    papers = small_corpus(6)
+    build_index(papers, progress=False)
+    written = _record_state()
+    target = open_index().target
+    assert target == f"{server.url}|{collection}"
+
+    server.stop()
+    server.start(port=free_port())
+    for url in (server.url, f"http://localhost:{server.port}"):
+        use_server(monkeypatch, url, collection)
+        assert qa.retrieve(papers[3].title, k=2)[0].paper.key == papers[3].key
+        index = ensure_index(progress=False)
+        assert index.target == target and index.count() == written[1][target].chunks
+        assert KeywordIndex().load_saved(index, *index.snapshot())
+        assert _record_state() == written  # a read: nothing built, reconciled or re-keyed
+
+    build_index([*papers, *seed_papers()[300:302]], progress=False)  # a writer there too
+    assert open_index().target == target
+    generation, actives, _ = _record_state()
+    assert generation > written[0] and list(actives) == [target]
+
+
+@pytest.mark.server
+def test_another_server_with_the_same_collection_name_is_another_index(
+    fresh_chroma_server, tmp_path, monkeypatch
+):
+    """A second, empty server is not mistaken for the first (its collections' ids differ):
+    its first build is its own, and the first server's index is left as it was."""
+    from chroma_server import running_server
+
+    use_server(monkeypatch, fresh_chroma_server.url)
+    collection = get_settings().collection
+    papers = small_corpus(6)
+    build_index(papers, progress=False)
+    first = open_index().target
+    with running_server(tmp_path / "second") as second:
+        use_server(monkeypatch, second.url, collection)
+        ensure_index(progress=False)  # no index on this server: the one build a read may do
+        actives = qa.store.open_store().actives()
+        assert set(actives) == {first, f"{second.url}|{collection}"}
+        assert actives[first].chunks == actives[f"{second.url}|{collection}"].chunks
+        assert qa.retrieve(papers[2].title, k=2)[0].paper.key == papers[2].key
+    use_server(monkeypatch, fresh_chroma_server.url, collection)
+    assert open_index().target == first
+    assert qa.retrieve(papers[4].title, k=2)[0].paper.key == papers[4].key
+
+
+def test_a_collection_the_record_has_no_account_of_is_refused_by_a_read(
+    index_mode, tmp_path, monkeypatch
+):
+    """A reader whose record does not know the collection (another record, or a server
+    reached in a way the record cannot recognise) gets one line naming the fix, and writes
+    nothing; `qa ingest` (a writer) takes the collection over without re-embedding it."""
+    papers = small_corpus(6)
+    build_index(papers, progress=False)
+    chunks = open_index().count()
+    monkeypatch.setenv("QA_CORPUS_PATH", str(tmp_path / "other.sqlite3"))
+    reset_qa_caches()
+    qa.store.open_store().add(papers)
+    written = _record_state()
+    with pytest.raises(IndexUnavailable) as err:
+        ensure_index(progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "QA_CORPUS_PATH" in message and "`qa ingest`" in message
+    assert f"{chunks:,} chunks" in message
+    assert _record_state() == written and open_index().count() == chunks
+
+    report = build_index([], progress=False)  # the record as it is
+    assert report.chunks_written == 0 and open_index().count() == chunks
+    assert ensure_index(progress=False).count() == chunks
+    assert qa.retrieve(papers[1].title, k=2)[0].paper.key == papers[1].key
+
+
 def _wait_for_chunks_in_memory() -> None:
     from qa.retrieval import get_retriever
 
