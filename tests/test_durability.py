@@ -117,6 +117,9 @@ def test_rebuild_keeps_user_papers(index_mode, small_seeds, tmp_path):
     papers = run_qa("papers")
     assert "14 papers" in papers.stdout and "12 bundled, 2 added by you" in papers.stdout
     assert "mine.jsonl" in papers.stdout
+    where = get_settings().chroma_url or "embedded"  # the one index, where it lives
+    assert papers.stdout.count("index: collection ") == 1
+    assert f"({where}), {len(ids)} chunks" in papers.stdout
 
 
 def test_deleted_index_is_rebuilt_from_the_record_with_user_papers(small_seeds, tmp_path):
