@@ -40,7 +40,9 @@ from qa.store import CorpusStore, IndexUnavailable, corpus_path, fault_reason, o
 log = logging.getLogger(__name__)
 
 VECTOR_CACHE_DIR = PROJECT_ROOT / "seeds" / "vectors"
-WRITTEN_KEPT = 50_000  # chunks a writer keeps in hand for its keyword-index update (~60 MB)
+# chunks a writer keeps in hand for its keyword-index update: ~2.3 KB each with their paper's
+# abstract (tracemalloc over the seeds' chunks), so ~115 MB at most
+WRITTEN_KEPT = 50_000
 
 
 # ---------------------------------------------------------------- chunks
