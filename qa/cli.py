@@ -119,6 +119,7 @@ def cmd_papers(args: argparse.Namespace) -> int:
     """What the corpus record holds: counts by origin and source file, or every paper."""
     from collections import Counter
 
+    from qa.index import split_record_key
     from qa.store import open_store
 
     settings = _settings(args)
@@ -144,7 +145,7 @@ def cmd_papers(args: argparse.Namespace) -> int:
     for source, n in sorted(Counter(s for p in papers for s in p.sources).items()):
         print(f"  {n:6d}  {source}")
     for target, active in sorted(store.actives().items()):
-        where = target.rpartition("|")[0]
+        where, _ = split_record_key(target)
         print(
             f"index: collection {active.name} ({where}), {active.chunks} chunks, "
             f"built with {active.model}"

@@ -414,9 +414,18 @@ def _timed_out(exc: BaseException) -> bool:
     return False
 
 
+EMBEDDED = "embedded"  # the record's name for where an embedded store's collections live
+
+
 def record_key(where: str, name: str) -> str:
     """A target's or a collection's name in the corpus record: where it lives, then which."""
     return f"{where}|{name}"
+
+
+def split_record_key(key: str) -> tuple[str, str]:
+    """(where, name) of a `record_key` (a Chroma name never holds "|"; a URL may not)."""
+    where, _, name = key.rpartition("|")
+    return where, name
 
 
 def store_where(settings: Settings, corpus: CorpusStore, client: chromadb.ClientAPI) -> str:
@@ -429,12 +438,12 @@ def store_where(settings: Settings, corpus: CorpusStore, client: chromadb.Client
     build, a write reconciling every chunk (at 1M chunks it read all their metadata)."""
     url = settings.chroma_url
     if not url:
-        return "embedded"
+        return EMBEDDED
     if not corpus.exists() or corpus.active(record_key(url, settings.collection)):
         return url
     for coll, state in corpus.sync_states().items():
-        where, _, name = coll.rpartition("|")
-        if where in ("embedded", url):
+        where, name = split_record_key(coll)
+        if where in (EMBEDDED, url):
             continue
         try:
             found = client.get_collection(name, embedding_function=None)

@@ -33,6 +33,7 @@ from qa.config import Settings, get_settings
 from qa.corpus import Paper
 from qa.embeddings import token_length, token_lengths
 from qa.index import (
+    EMBEDDED,
     CachedEmbeddings,
     Chunk,
     Index,
@@ -252,7 +253,7 @@ def _rebuild(settings: Settings, store: CorpusStore, report: IngestReport, progr
         )
     except StoreDamaged:  # Chroma's own files: a bad model, record, full disk never get here
         _wipe_corrupt_store(settings)
-        target = record_key("embedded", settings.collection)  # only an embedded store is
+        target = record_key(EMBEDDED, settings.collection)  # StoreDamaged is embedded-only
         old, report.rebuilt = None, "the old index could not be opened"
     pending = store.get_meta(f"pending:{target}")
     name = pending if pending and pending != old else f"{settings.collection}-g{store.generation()}"
@@ -644,7 +645,8 @@ def _first_build(index: Index) -> bool:
         return True
     if corpus.active(index.target) is not None:
         return False
-    if index.count() == 0:
+    chunks = index.count()
+    if chunks == 0:
         return True
     if not corpus.exists():
         return False
@@ -653,7 +655,7 @@ def _first_build(index: Index) -> bool:
         return True
     raise IndexUnavailable(
         f"the collection {index.name!r} in {describe_location(index.settings)} holds "
-        f"{index.count():,} chunks that the corpus record {corpus.path} has no account of (it "
+        f"{chunks:,} chunks that the corpus record {corpus.path} has no account of (it "
         "was written through another QA_CHROMA_URL or by another record); point "
         "QA_CORPUS_PATH at the record that built it, or run `qa ingest` to take it over"
     )

@@ -117,7 +117,7 @@ def test_rebuild_keeps_user_papers(index_mode, small_seeds, tmp_path):
     papers = run_qa("papers")
     assert "14 papers" in papers.stdout and "12 bundled, 2 added by you" in papers.stdout
     assert "mine.jsonl" in papers.stdout
-    where = get_settings().chroma_url or "embedded"  # the one index, where it lives
+    where = get_settings().chroma_url or qa.index.EMBEDDED  # the one index, where it lives
     assert papers.stdout.count("index: collection ") == 1
     assert f"({where}), {len(ids)} chunks" in papers.stdout
 
@@ -174,7 +174,7 @@ def test_other_embedding_model_on_ask_touches_nothing(index_mode, small_seeds, t
 def _target() -> str:
     """The index's name in the corpus record (the URL as written: one server, one URL here)."""
     settings = get_settings()
-    return qa.index.record_key(settings.chroma_url or "embedded", settings.collection)
+    return qa.index.record_key(settings.chroma_url or qa.index.EMBEDDED, settings.collection)
 
 
 def test_rebuild_with_an_unusable_model_touches_nothing(small_seeds, monkeypatch):
